@@ -1,0 +1,160 @@
+"""Frozen backbones: keras.applications by name, weights resolution, and the multi-layer feature sub-model."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import weights as offline
+from pipeline.validation import ConfigError, check_one_of, did_you_mean
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A keras.applications constructor, the module holding its preprocess_input, and its native input size."""
+
+    constructor: str
+    module: str
+    native_size: int
+
+
+ARCHITECTURES = {
+    "vgg16": Architecture("VGG16", "vgg16", 224),
+    "vgg19": Architecture("VGG19", "vgg19", 224),
+    "resnet50": Architecture("ResNet50", "resnet", 224),
+    "resnet101": Architecture("ResNet101", "resnet", 224),
+    "resnet152": Architecture("ResNet152", "resnet", 224),
+    "resnet50v2": Architecture("ResNet50V2", "resnet_v2", 224),
+    "resnet101v2": Architecture("ResNet101V2", "resnet_v2", 224),
+    "resnet152v2": Architecture("ResNet152V2", "resnet_v2", 224),
+    "inceptionv3": Architecture("InceptionV3", "inception_v3", 299),
+    "inceptionresnetv2": Architecture("InceptionResNetV2", "inception_resnet_v2", 299),
+    "xception": Architecture("Xception", "xception", 299),
+    "mobilenet": Architecture("MobileNet", "mobilenet", 224),
+    "mobilenetv2": Architecture("MobileNetV2", "mobilenet_v2", 224),
+    "mobilenetv3small": Architecture("MobileNetV3Small", "mobilenet_v3", 224),
+    "mobilenetv3large": Architecture("MobileNetV3Large", "mobilenet_v3", 224),
+    "densenet121": Architecture("DenseNet121", "densenet", 224),
+    "densenet169": Architecture("DenseNet169", "densenet", 224),
+    "densenet201": Architecture("DenseNet201", "densenet", 224),
+    "nasnetmobile": Architecture("NASNetMobile", "nasnet", 224),
+    "efficientnetb0": Architecture("EfficientNetB0", "efficientnet", 224),
+    "efficientnetb1": Architecture("EfficientNetB1", "efficientnet", 240),
+    "efficientnetb2": Architecture("EfficientNetB2", "efficientnet", 260),
+    "efficientnetb3": Architecture("EfficientNetB3", "efficientnet", 300),
+    "efficientnetb4": Architecture("EfficientNetB4", "efficientnet", 380),
+    "efficientnetv2b0": Architecture("EfficientNetV2B0", "efficientnet_v2", 224),
+    "efficientnetv2s": Architecture("EfficientNetV2S", "efficientnet_v2", 384),
+    "convnexttiny": Architecture("ConvNeXtTiny", "convnext", 224),
+}
+
+# Backbones whose ImageNet weights are obtained offline instead of through Keras's download.
+OFFLINE_IMAGENET = {"mobilenet": offline.mobilenet_v1_imagenet}
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A loaded, frozen backbone with the facts that go into the features file's provenance."""
+
+    name: str
+    model: object
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    preprocessing: str
+    input_size: tuple[int, int]
+    weights_source: str
+    weights_sha256: str
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.model.layers]
+
+    def check_layers(self, names: Sequence[str]) -> None:
+        """Raise a ConfigError for the first name that is not a layer of this backbone."""
+        valid = self.layer_names
+        for name in names:
+            if name not in valid:
+                raise ConfigError(
+                    f"layer {name!r} not found in {self.name}{did_you_mean(name, valid)} "
+                    f"Valid layers: {', '.join(valid)}"
+                )
+
+    def feature_model(self, names: Sequence[str]):
+        """One model with an output per named layer, so every layer comes from a single forward pass."""
+        import keras
+
+        self.check_layers(names)
+        outputs = [self.model.get_layer(name).output for name in names]
+        return keras.Model(self.model.inputs, outputs, name=f"{self.name}_features")
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over the model's weight arrays in order: identifies the weights whatever file they came from."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def load_backbone(
+    name: str, weights: str | None = "imagenet", input_size: tuple[int, int] | None = None, include_top: bool = False
+) -> Backbone:
+    """Build ``keras.applications.<name>`` with the requested weights; a failure to get them is an error, never random."""
+    import keras
+
+    check_one_of("extract.backbone", name, ARCHITECTURES)
+    arch = ARCHITECTURES[name]
+    size = tuple(input_size) if input_size else (arch.native_size, arch.native_size)
+    if include_top and size != (arch.native_size, arch.native_size):
+        raise ConfigError(f"include_top needs the native input size {arch.native_size}. Received: {size}")
+    constructor = getattr(keras.applications, arch.constructor)
+    shape = (*size, 3)
+
+    if weights is None:
+        model = constructor(include_top=include_top, weights=None, input_shape=shape)
+        source = "random initialisation (weights: null), NOT pretrained"
+        log.warning("%s uses random weights (weights: null); features are not pretrained", name)
+    elif weights == "imagenet" and name in OFFLINE_IMAGENET:
+        model = constructor(include_top=include_top, weights=None, input_shape=shape)
+        offline.load_layer_weights(model, OFFLINE_IMAGENET[name]())
+        source = offline.SOURCE
+    elif weights == "imagenet":
+        try:
+            model = constructor(include_top=include_top, weights="imagenet", input_shape=shape)
+        except Exception as error:  # Keras raises several types for a failed download
+            raise offline.WeightsError(
+                f"could not get ImageNet weights for {name} through Keras ({error}). Without internet, set "
+                "extract.weights to a local weights file, or use backbone 'mobilenet', whose ImageNet weights "
+                "come from the package index."
+            ) from error
+        source = f"keras.applications.{arch.constructor}(weights='imagenet'), downloaded by Keras"
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(
+                f"extract.weights must be 'imagenet', null or an existing weights file. Received: weights={weights!r}"
+            )
+        model = constructor(include_top=include_top, weights=None, input_shape=shape)
+        try:
+            model.load_weights(path)
+        except Exception as error:
+            raise offline.WeightsError(f"weights file {path} does not fit {name} at input size {size}: {error}") from error
+        source = f"file {path} (sha256 {offline.file_sha256(path)})"
+
+    model.trainable = False
+    module = getattr(keras.applications, arch.module)
+    return Backbone(
+        name=name,
+        model=model,
+        preprocess=module.preprocess_input,
+        preprocessing=f"keras.applications.{arch.module}.preprocess_input",
+        input_size=size,
+        weights_source=source,
+        weights_sha256=weights_fingerprint(model),
+    )

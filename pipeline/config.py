@@ -1,0 +1,187 @@
+"""Frozen dataclasses for each params.yaml section, validated up front so bad keys fail before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.validation import (
+    ConfigError,
+    check_fraction,
+    check_int,
+    check_keys,
+    check_one_of,
+)
+
+POOLINGS = ("none", "avg", "max")
+DTYPES = ("float32", "float16")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read a params file; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    with path.open() as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections. Received: {type(params).__name__}")
+    return params
+
+
+def section(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """Return the section ``name`` of ``params``, or a ConfigError naming it when absent."""
+    if name not in params:
+        raise ConfigError(f"params.yaml has no '{name}' section; sections present: {sorted(params)}")
+    return params[name]
+
+
+def _from_mapping(cls, name: str, mapping: Any, required: tuple[str, ...] = ()):
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    return cls(**check_keys(name, mapping, allowed, required))
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How the built-in digits dataset is rendered and split."""
+
+    image_size: int = 32
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    per_class_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("prepare.image_size", self.image_size, minimum=8)
+        check_fraction("prepare.val_fraction", self.val_fraction)
+        check_fraction("prepare.test_fraction", self.test_fraction)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                "prepare.val_fraction + prepare.test_fraction must be below 1. "
+                f"Received: {self.val_fraction} + {self.test_fraction}"
+            )
+        if self.per_class_limit is not None:
+            check_int("prepare.per_class_limit", self.per_class_limit, minimum=3)
+        check_int("prepare.seed", self.seed)
+
+    @classmethod
+    def from_params(cls, mapping: Any) -> PrepareConfig:
+        return _from_mapping(cls, "prepare", mapping)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer to extract, with its spatial pooling and storage dtype."""
+
+    name: str
+    pooling: str = "avg"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"layer names must be non-empty strings. Received: {self.name!r}")
+        check_one_of(f"extract.layers.{self.name}.pooling", self.pooling, POOLINGS)
+        check_one_of(f"extract.layers.{self.name}.dtype", self.dtype, DTYPES)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides the features: backbone, weights, input size, resize and layers."""
+
+    backbone: str = "mobilenet"
+    weights: str | None = "imagenet"
+    input_size: tuple[int, int] | None = None
+    interpolation: str = "bilinear"
+    layers: tuple[LayerSpec, ...] = ()
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ConfigError(f"extract.backbone must be a model name or a .keras path. Received: {self.backbone!r}")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise ConfigError(
+                f"extract.weights must be 'imagenet', null or a weights file path. Received: {self.weights!r}"
+            )
+        if self.input_size is not None:
+            size = self.input_size
+            if not isinstance(size, (list, tuple)) or len(size) != 2:
+                raise ConfigError(f"extract.input_size must be [height, width] or null. Received: {size!r}")
+            object.__setattr__(self, "input_size", tuple(check_int("extract.input_size", s, 32) for s in size))
+        check_one_of("extract.interpolation", self.interpolation, INTERPOLATIONS)
+        check_int("extract.batch_size", self.batch_size, minimum=1)
+        if not self.layers:
+            raise ConfigError("extract.layers must name at least one layer.")
+        names = [spec.name for spec in self.layers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"extract.layers must not repeat a layer. Received: {names}")
+
+    @classmethod
+    def from_params(cls, mapping: Any) -> ExtractConfig:
+        allowed = [f.name for f in dataclasses.fields(cls)] + ["pooling", "dtype"]
+        mapping = dict(check_keys("extract", mapping, allowed, required=["layers"]))
+        defaults = {"pooling": mapping.pop("pooling", "avg"), "dtype": mapping.pop("dtype", "float32")}
+        mapping["layers"] = _layer_specs(mapping["layers"], defaults)
+        return cls(**mapping)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [spec.name for spec in self.layers]
+
+    def feature_identity(self) -> dict[str, Any]:
+        """The fields that change feature values (batch size does not), as plain JSON-able data."""
+        identity = dataclasses.asdict(self)
+        identity.pop("batch_size")
+        return identity
+
+
+def _layer_specs(layers: Any, defaults: Mapping[str, str]) -> tuple[LayerSpec, ...]:
+    """Accept a list of names (using the section's pooling/dtype) or a mapping name -> {pooling, dtype}."""
+    if isinstance(layers, str):
+        layers = [name.strip() for name in layers.split(",") if name.strip()]
+    if isinstance(layers, Mapping):
+        specs = []
+        for name, options in layers.items():
+            options = check_keys(f"extract.layers.{name}", options or {}, ["pooling", "dtype"])
+            specs.append(LayerSpec(name=name, **{**defaults, **options}))
+        return tuple(specs)
+    if isinstance(layers, (list, tuple)):
+        return tuple(LayerSpec(name=name, **defaults) for name in layers)
+    raise ConfigError(f"extract.layers must be a list of layer names or a mapping. Received: {layers!r}")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """One entry of the ``classifiers`` section: which estimator, on which layer, with which hyper-parameters."""
+
+    name: str
+    estimator: str
+    layer: str
+    scale: bool = True
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.scale, bool):
+            raise ConfigError(f"classifiers.{self.name}.scale must be true or false. Received: {self.scale!r}")
+        check_keys(f"classifiers.{self.name}.params", self.params or {}, list(self.params or {}))
+        object.__setattr__(self, "params", dict(self.params or {}))
+
+    @classmethod
+    def from_params(cls, classifiers: Any, name: str) -> ClassifierConfig:
+        classifiers = check_keys("classifiers", classifiers, list(classifiers or {}))
+        check_one_of("classifier", name, list(classifiers))
+        allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+        entry = check_keys(f"classifiers.{name}", classifiers[name], allowed, required=["estimator", "layer"])
+        return cls(name=name, **entry)
+
+
+def config_hash(identity: Mapping[str, Any]) -> str:
+    """A stable sha256 over JSON-able config data (sorted keys), used to tell feature files apart."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

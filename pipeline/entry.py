@@ -1,0 +1,31 @@
+"""Entry-point plumbing shared by the DVC stages and the CLI: logging set-up and clean exits on user errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from pipeline.images import ImageDecodeError
+from pipeline.validation import ConfigError
+from pipeline.weights import WeightsError
+
+USER_ERRORS = (ConfigError, ImageDecodeError, WeightsError)
+log = logging.getLogger("pipeline")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Readable timestamped logs on stderr; TensorFlow's C++ start-up chatter is silenced."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run ``main`` with logging configured; a user error is logged as one line and exits with status 2."""
+    configure_logging()
+    try:
+        main()
+    except USER_ERRORS as error:
+        log.error("%s", error)
+        sys.exit(2)

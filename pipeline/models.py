@@ -1,0 +1,70 @@
+"""Saved classifiers: the model file plus ``model.json`` recording the features, layer and classes it expects.
+
+Trust boundary: scikit-learn models are stored with joblib (pickle). ``load_model`` only loads directories that
+this pipeline wrote (it checks ``model.json``); never point it at a model from an untrusted source. Keras heads
+are stored as ``.keras`` and loaded with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from pipeline.atomic import atomic_directory
+from pipeline.classifiers import KerasHeadClassifier
+from pipeline.validation import ConfigError
+
+METADATA = "model.json"
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import sklearn
+
+    return {"scikit-learn": sklearn.__version__, "joblib": joblib.__version__, "numpy": np.__version__, "keras": keras.__version__}
+
+
+def save_model(estimator: BaseEstimator, out_dir: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write ``out_dir`` atomically: ``model.keras`` for a Keras head, else ``model.joblib``, and ``model.json``."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        if isinstance(estimator, KerasHeadClassifier):
+            filename = "model.keras"
+            estimator.model_.save(tmp / filename)
+            extra = {"classes": estimator.classes_.tolist(), "estimator_params": estimator.get_params()}
+        else:
+            filename = "model.joblib"
+            joblib.dump(estimator, tmp / filename)
+            extra = {}
+        record = {"format_version": FORMAT_VERSION, "file": filename, **metadata, **extra, "versions": library_versions()}
+        (tmp / METADATA).write_text(json.dumps(record, indent=2) + "\n")
+    return out_dir
+
+
+def read_metadata(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / METADATA
+    if not path.is_file():
+        raise ConfigError(f"{model_dir} is not a model saved by this pipeline (no {METADATA})")
+    return json.loads(path.read_text())
+
+
+def load_model(model_dir: str | Path) -> tuple[BaseEstimator, dict[str, Any]]:
+    """Load a model directory written by ``save_model``; returns the estimator and its metadata."""
+    metadata = read_metadata(model_dir)
+    path = Path(model_dir) / metadata["file"]
+    if metadata["file"] == "model.keras":
+        import keras
+
+        estimator = KerasHeadClassifier(**metadata["estimator_params"])
+        estimator.model_ = keras.saving.load_model(path, safe_mode=True)
+        estimator.classes_ = np.asarray(metadata["classes"])
+        estimator.n_features_in_ = int(estimator.model_.input_shape[-1])
+    else:
+        estimator = joblib.load(path)
+    return estimator, metadata

@@ -1,0 +1,55 @@
+"""Shared argument checks that raise errors naming the parameter, the allowed values and what was received."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection, Mapping
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-supplied parameter or input is invalid; the message says which and why."""
+
+
+def check_one_of(name: str, value: Any, allowed: Collection[Any]) -> Any:
+    """Return ``value`` if it is in ``allowed``, else raise a ConfigError listing the allowed values."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {sorted(allowed, key=str)}. Received: {name}={value!r}")
+    return value
+
+
+def check_keys(section: str, mapping: Any, allowed: Collection[str], required: Collection[str] = ()) -> Mapping:
+    """Check that ``mapping`` is a mapping with only ``allowed`` keys and every ``required`` key."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{section} must be a mapping. Received: {section}={mapping!r}")
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key {section}.{key}{did_you_mean(key, allowed)}. "
+                f"Keys of {section} must be one of {sorted(allowed)}."
+            )
+    missing = [key for key in required if key not in mapping]
+    if missing:
+        raise ConfigError(f"{section} is missing required key(s) {missing}.")
+    return mapping
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) at or above ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{name} must be an integer{bound}. Received: {name}={value!r}")
+    return value
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it lies in the open interval (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(f"{name} must be a number in (0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+def did_you_mean(word: str, candidates: Collection[str]) -> str:
+    """Return "; did you mean 'x'?" for the closest candidate, or an empty string when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

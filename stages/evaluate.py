@@ -1,0 +1,19 @@
+"""DVC stage evaluate: test-split metrics and confusion-matrix data for one trained classifier."""
+
+import argparse
+
+from pipeline.entry import run
+from pipeline.evaluate import evaluate_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="model directory written by the train stage")
+    parser.add_argument("--features", required=True, help="features file (.h5)")
+    parser.add_argument("--out", required=True, help="folder for metrics.json and confusion.json")
+    args = parser.parse_args()
+    evaluate_model(args.model, args.features, args.out)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,21 @@
+"""DVC stage train: fit one classifier entry of params.yaml on the features file and save the model."""
+
+import argparse
+
+from pipeline.config import ClassifierConfig, load_params, section
+from pipeline.entry import run
+from pipeline.train import train_classifier
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("classifier", help="name of an entry under 'classifiers' in params.yaml")
+    parser.add_argument("--features", required=True, help="features file (.h5)")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    args = parser.parse_args()
+    config = ClassifierConfig.from_params(section(load_params(), "classifiers"), args.classifier)
+    train_classifier(args.features, config, args.out)
+
+
+if __name__ == "__main__":
+    run(main)
