@@ -66,7 +66,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             x = keras.layers.Normalization(mean=X.mean(axis=0), variance=variance, name="standardize")(x)
         x = keras.layers.Dense(self.units, use_bias=not self.batch_norm, name="dense")(x)
         if self.batch_norm:
-            x = keras.layers.BatchNormalization(name="batch_norm")(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name="batch_norm")(x)
         x = keras.layers.Activation("relu", name="relu")(x)
         x = keras.layers.Dropout(self.dropout, name="dropout")(x)
         outputs = keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x)

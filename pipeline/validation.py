@@ -51,5 +51,6 @@ def check_fraction(name: str, value: Any) -> float:
 
 def did_you_mean(word: str, candidates: Collection[str]) -> str:
     """Return "; did you mean 'x'?" for the closest candidate, or an empty string when none is close."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    by_lower = {str(c).lower(): str(c) for c in candidates}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""

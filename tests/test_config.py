@@ -1,0 +1,301 @@
+"""Tests for pipeline.config: params sections load into validated frozen dataclasses; bad input names key and allowed values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import (
+    ClassifierConfig,
+    ExtractConfig,
+    LayerSpec,
+    PrepareConfig,
+    config_hash,
+    load_params,
+    section,
+)
+from pipeline.validation import ConfigError
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+CLASSIFIER_KEYS = "['estimator', 'layer', 'params', 'scale']"
+
+
+def extract(**overrides):
+    """A valid extract section with ``overrides`` applied."""
+    return {"backbone": "mobilenet", "layers": ["conv_pw_7_relu"], **overrides}
+
+
+# --- the repository's own params.yaml -------------------------------------------------------------------------
+
+
+def test_repo_params_yaml_loads_into_every_config():
+    params = load_params(REPO_PARAMS)
+    prepare = PrepareConfig.from_params(section(params, "prepare"))
+    extract_config = ExtractConfig.from_params(section(params, "extract"))
+    classifiers = section(params, "classifiers")
+    configs = [ClassifierConfig.from_params(classifiers, name) for name in classifiers]
+
+    assert prepare.image_size >= 8
+    assert extract_config.layer_names and extract_config.input_size is None or len(extract_config.input_size) == 2
+    assert [c.name for c in configs] == list(classifiers)
+    for config in configs:
+        assert config.layer in extract_config.layer_names, f"classifier {config.name} reads a layer that is not extracted"
+
+
+# --- load_params and section -----------------------------------------------------------------------------------
+
+
+def test_load_params_reads_a_yaml_mapping(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare:\n  seed: 3\n")
+    assert load_params(path) == {"prepare": {"seed": 3}}
+
+
+def test_load_params_reads_an_empty_file_as_no_sections(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("")
+    assert load_params(path) == {}
+
+
+def test_load_params_missing_file_names_it(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=re.escape(f"params file not found: {path}")):
+        load_params(path)
+
+
+def test_load_params_refuses_a_file_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- prepare\n- extract\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path} must hold a mapping of sections. Received: list")):
+        load_params(path)
+
+
+def test_section_returns_it_or_names_the_missing_one_and_those_present():
+    params = {"prepare": {"seed": 1}, "extract": {}}
+    assert section(params, "prepare") == {"seed": 1}
+    with pytest.raises(ConfigError, match=re.escape("no 'classifiers' section; sections present: ['extract', 'prepare']")):
+        section(params, "classifiers")
+
+
+# --- PrepareConfig --------------------------------------------------------------------------------------------
+
+
+def test_prepare_config_from_params_fills_defaults_and_is_frozen():
+    config = PrepareConfig.from_params({"image_size": 16, "per_class_limit": 10})
+    assert config == PrepareConfig(image_size=16, val_fraction=0.15, test_fraction=0.15, per_class_limit=10, seed=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1
+
+
+def test_prepare_config_unknown_key_lists_the_allowed_keys():
+    allowed = "['image_size', 'per_class_limit', 'seed', 'test_fraction', 'val_fraction']"
+    with pytest.raises(ConfigError) as error:
+        PrepareConfig.from_params({"val_fractoin": 0.2})
+    assert "unknown key prepare.val_fractoin; did you mean 'val_fraction'?" in str(error.value)
+    assert f"Keys of prepare must be one of {allowed}" in str(error.value)
+
+
+@pytest.mark.parametrize("field", ["val_fraction", "test_fraction"])
+@pytest.mark.parametrize("value", [0, 1, -0.2, 1.2, "0.1", None])
+def test_prepare_config_fractions_must_lie_in_the_open_unit_interval(field, value):
+    message = f"prepare.{field} must be a number in (0, 1). Received: prepare.{field}={value!r}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PrepareConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (0.6, 0.5)])
+def test_prepare_config_fractions_must_leave_a_training_share(val, test):
+    message = f"prepare.val_fraction + prepare.test_fraction must be below 1. Received: {val} + {test}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PrepareConfig(val_fraction=val, test_fraction=test)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_size": 7}, "prepare.image_size must be an integer >= 8. Received: prepare.image_size=7"),
+        ({"image_size": 16.0}, "prepare.image_size must be an integer >= 8. Received: prepare.image_size=16.0"),
+        ({"per_class_limit": 2}, "prepare.per_class_limit must be an integer >= 3. Received: prepare.per_class_limit=2"),
+        ({"seed": "0"}, "prepare.seed must be an integer. Received: prepare.seed='0'"),
+    ],
+)
+def test_prepare_config_integer_fields_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PrepareConfig(**kwargs)
+
+
+# --- ExtractConfig and LayerSpec ------------------------------------------------------------------------------
+
+
+def test_extract_layer_list_uses_the_section_pooling_and_dtype():
+    config = ExtractConfig.from_params(extract(layers=["a", "b"], pooling="max", dtype="float16"))
+    assert config.layers == (LayerSpec("a", "max", "float16"), LayerSpec("b", "max", "float16"))
+    assert config.layer_names == ["a", "b"]
+
+
+def test_extract_layer_list_defaults_to_avg_float32():
+    assert ExtractConfig.from_params(extract(layers=["a"])).layers == (LayerSpec("a", "avg", "float32"),)
+
+
+def test_extract_layer_mapping_overrides_section_defaults_per_layer():
+    layers = {"a": {"pooling": "none"}, "b": {"dtype": "float16"}, "c": None}
+    config = ExtractConfig.from_params(extract(layers=layers, pooling="max"))
+    assert config.layers == (
+        LayerSpec("a", "none", "float32"),
+        LayerSpec("b", "max", "float16"),
+        LayerSpec("c", "max", "float32"),
+    )
+
+
+def test_extract_layers_as_comma_separated_text():
+    assert ExtractConfig.from_params(extract(layers="a, b,")).layer_names == ["a", "b"]
+
+
+def test_extract_layer_mapping_unknown_option_lists_the_allowed_options():
+    with pytest.raises(ConfigError, match=re.escape("Keys of extract.layers.a must be one of ['dtype', 'pooling']")):
+        ExtractConfig.from_params(extract(layers={"a": {"pool": "avg"}}))
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ({"a": {"pooling": "mean"}}, "extract.layers.a.pooling must be one of ['avg', 'max', 'none']. Received: extract.layers.a.pooling='mean'"),
+        ({"a": {"dtype": "float64"}}, "extract.layers.a.dtype must be one of ['float16', 'float32']. Received: extract.layers.a.dtype='float64'"),
+        ([], "extract.layers must name at least one layer."),
+        (["a", "a"], "extract.layers must not repeat a layer. Received: ['a', 'a']"),
+        ([""], "layer names must be non-empty strings. Received: ''"),
+        (7, "extract.layers must be a list of layer names or a mapping. Received: 7"),
+    ],
+)
+def test_extract_bad_layers_are_refused(layers, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExtractConfig.from_params(extract(layers=layers))
+
+
+def test_extract_section_pooling_default_is_checked_for_each_layer():
+    message = "extract.layers.a.pooling must be one of ['avg', 'max', 'none']. Received: extract.layers.a.pooling='sum'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExtractConfig.from_params(extract(layers=["a"], pooling="sum"))
+
+
+def test_extract_unknown_key_lists_the_allowed_keys():
+    allowed = "['backbone', 'batch_size', 'dtype', 'input_size', 'interpolation', 'layers', 'pooling', 'weights']"
+    with pytest.raises(ConfigError) as error:
+        ExtractConfig.from_params(extract(batchsize=8))
+    assert "unknown key extract.batchsize; did you mean 'batch_size'?" in str(error.value)
+    assert f"Keys of extract must be one of {allowed}" in str(error.value)
+
+
+def test_extract_layers_key_is_required():
+    with pytest.raises(ConfigError, match=re.escape("extract is missing required key(s) ['layers']")):
+        ExtractConfig.from_params({"backbone": "mobilenet"})
+
+
+def test_extract_input_size_list_becomes_a_tuple_and_null_is_allowed():
+    assert ExtractConfig.from_params(extract(input_size=[64, 96])).input_size == (64, 96)
+    assert ExtractConfig.from_params(extract(input_size=None)).input_size is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"input_size": [16, 64]}, "extract.input_size must be an integer >= 32. Received: extract.input_size=16"),
+        ({"input_size": 64}, "extract.input_size must be [height, width] or null. Received: 64"),
+        ({"input_size": [64, 64, 3]}, "extract.input_size must be [height, width] or null. Received: [64, 64, 3]"),
+        ({"interpolation": "cubic"}, "extract.interpolation must be one of ['bicubic', 'bilinear', 'box', 'hamming', 'lanczos', 'nearest']. Received: extract.interpolation='cubic'"),
+        ({"batch_size": 0}, "extract.batch_size must be an integer >= 1. Received: extract.batch_size=0"),
+        ({"backbone": ""}, "extract.backbone must be a model name or a .keras path. Received: ''"),
+        ({"weights": ""}, "extract.weights must be 'imagenet', null or a weights file path. Received: ''"),
+    ],
+)
+def test_extract_bad_values_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExtractConfig.from_params(extract(**overrides))
+
+
+def test_extract_weights_may_be_null():
+    assert ExtractConfig.from_params(extract(weights=None)).weights is None
+
+
+def test_feature_identity_excludes_batch_size_and_is_json_data():
+    config = ExtractConfig.from_params(extract(input_size=[64, 64], batch_size=8, layers={"a": {"pooling": "max"}}))
+    identity = config.feature_identity()
+    assert "batch_size" not in identity
+    assert set(identity) == {"backbone", "weights", "input_size", "interpolation", "layers"}
+    assert identity["layers"] == ({"name": "a", "pooling": "max", "dtype": "float32"},)
+    json.dumps(identity)
+
+
+def test_config_hash_ignores_batch_size_but_not_what_changes_features():
+    base = ExtractConfig.from_params(extract(batch_size=8))
+    same = ExtractConfig.from_params(extract(batch_size=256))
+    assert config_hash(base.feature_identity()) == config_hash(same.feature_identity())
+    for changed in [extract(pooling="max"), extract(dtype="float16"), extract(interpolation="nearest"), extract(weights=None), extract(input_size=[64, 64])]:
+        assert config_hash(ExtractConfig.from_params(changed).feature_identity()) != config_hash(base.feature_identity())
+
+
+def test_config_hash_is_stable_and_independent_of_key_order():
+    # Pinned: a change here silently invalidates every features file's recorded hash.
+    assert config_hash({"a": 1, "b": [1, 2]}) == "f1a5ad3e63d3e2e8b9a2b4cbe24ad8c6f6c8a3b5fd7d3ccd1bcb4a7d2d1f3f70"
+    assert config_hash({"b": [1, 2], "a": 1}) == config_hash({"a": 1, "b": [1, 2]})
+    assert config_hash({"a": 1, "b": [2, 1]}) != config_hash({"a": 1, "b": [1, 2]})
+
+
+# --- ClassifierConfig -----------------------------------------------------------------------------------------
+
+CLASSIFIERS = {
+    "logreg": {"estimator": "logistic_regression", "layer": "a", "params": {"C": 1.0}},
+    "svm": {"estimator": "linear_svm", "layer": "b", "scale": False},
+}
+
+
+def test_classifier_config_reads_one_entry_with_defaults():
+    assert ClassifierConfig.from_params(CLASSIFIERS, "logreg") == ClassifierConfig(
+        name="logreg", estimator="logistic_regression", layer="a", scale=True, params={"C": 1.0}
+    )
+    svm = ClassifierConfig.from_params(CLASSIFIERS, "svm")
+    assert svm.scale is False and svm.params == {}
+
+
+def test_classifier_config_unknown_name_lists_the_classifiers():
+    message = "classifier must be one of ['logreg', 'svm']. Received: classifier='rf'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ClassifierConfig.from_params(CLASSIFIERS, "rf")
+
+
+def test_classifier_config_unknown_key_lists_the_allowed_keys():
+    classifiers = {"logreg": {**CLASSIFIERS["logreg"], "parms": {}}}
+    with pytest.raises(ConfigError) as error:
+        ClassifierConfig.from_params(classifiers, "logreg")
+    assert "unknown key classifiers.logreg.parms; did you mean 'params'?" in str(error.value)
+    assert f"Keys of classifiers.logreg must be one of {CLASSIFIER_KEYS}" in str(error.value)
+
+
+def test_classifier_config_requires_estimator_and_layer():
+    with pytest.raises(ConfigError, match=re.escape("classifiers.x is missing required key(s) ['estimator', 'layer']")):
+        ClassifierConfig.from_params({"x": {"params": {}}}, "x")
+
+
+@pytest.mark.parametrize(
+    ("classifiers", "message"),
+    [
+        (None, "classifiers must be a mapping. Received: classifiers=None"),
+        ({"x": None}, "classifiers.x must be a mapping. Received: classifiers.x=None"),
+        ({"x": {"estimator": "e", "layer": "l", "params": [1]}}, "classifiers.x.params must be a mapping. Received: classifiers.x.params=[1]"),
+        ({"x": {"estimator": "e", "layer": "l", "scale": "yes"}}, "classifiers.x.scale must be true or false. Received: 'yes'"),
+    ],
+)
+def test_classifier_config_bad_shapes_are_refused(classifiers, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ClassifierConfig.from_params(classifiers, "x")
+
+
+def test_classifier_config_params_are_copied():
+    params = {"C": 1.0}
+    config = ClassifierConfig.from_params({"x": {"estimator": "e", "layer": "l", "params": params}}, "x")
+    params["C"] = 2.0
+    assert config.params == {"C": 1.0}

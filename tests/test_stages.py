@@ -1,0 +1,31 @@
+"""Tests for the DVC entry points in stages/: a user error exits with status 2 and one clear message."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stage(name, *args):
+    return subprocess.run([sys.executable, f"stages/{name}.py", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_unknown_classifier_names_the_configured_ones():
+    result = stage("train", "no_such_clf", "--features", "data/features.h5", "--out", "/tmp/unused")
+    assert result.returncode == 2
+    assert "classifier must be one of ['dense_head', 'linear_svm', 'logreg']. Received: classifier='no_such_clf'" in result.stderr
+
+
+def test_a_folder_that_is_no_model_is_refused(tmp_path):
+    result = stage("evaluate", "--model", str(tmp_path), "--features", str(tmp_path / "none.h5"), "--out", str(tmp_path / "e"))
+    assert result.returncode == 2
+    assert "is not a model saved by this pipeline" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_image_folder_is_named(tmp_path):
+    result = stage("extract", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "f.h5"))
+    assert result.returncode == 2
+    assert f"image folder not found: {tmp_path / 'nowhere'}" in result.stderr
+    assert not (tmp_path / "f.h5").exists()

@@ -1,0 +1,93 @@
+"""Tests for pipeline.validation: each check returns good values and names parameter, allowed values and input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pipeline.validation import ConfigError, check_fraction, check_int, check_keys, check_one_of, did_you_mean
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_check_one_of_returns_an_allowed_value():
+    assert check_one_of("pooling", "max", ("none", "avg", "max")) == "max"
+
+
+def test_check_one_of_names_parameter_sorted_allowed_values_and_received_value():
+    message = "pooling must be one of ['avg', 'max', 'none']. Received: pooling='mean'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_one_of("pooling", "mean", ("none", "avg", "max"))
+
+
+def test_check_one_of_sorts_mixed_types_by_their_text():
+    with pytest.raises(ConfigError, match=re.escape("x must be one of [1, None, 'a']. Received: x=2")):
+        check_one_of("x", 2, ["a", None, 1])
+
+
+def test_check_keys_returns_a_valid_mapping():
+    mapping = {"a": 1}
+    assert check_keys("section", mapping, ["a", "b"], required=["a"]) is mapping
+
+
+def test_check_keys_unknown_key_lists_allowed_keys_and_suggests_the_closest():
+    with pytest.raises(ConfigError) as error:
+        check_keys("prepare", {"seed": 0, "image_sise": 8}, ["image_size", "seed"])
+    message = str(error.value)
+    assert "unknown key prepare.image_sise" in message
+    assert "did you mean 'image_size'?" in message
+    assert "Keys of prepare must be one of ['image_size', 'seed']" in message
+
+
+def test_check_keys_without_a_close_match_makes_no_suggestion():
+    with pytest.raises(ConfigError, match=re.escape("unknown key s.zzz. Keys of s must be one of ['alpha']")):
+        check_keys("s", {"zzz": 1}, ["alpha"])
+
+
+def test_check_keys_lists_every_missing_required_key():
+    with pytest.raises(ConfigError, match=re.escape("classifiers.x is missing required key(s) ['estimator', 'layer']")):
+        check_keys("classifiers.x", {}, ["estimator", "layer", "params"], required=["estimator", "layer"])
+
+
+@pytest.mark.parametrize("value", [None, ["a"], "a: 1"])
+def test_check_keys_refuses_a_non_mapping(value):
+    with pytest.raises(ConfigError, match=re.escape(f"extract must be a mapping. Received: extract={value!r}")):
+        check_keys("extract", value, ["a"])
+
+
+@pytest.mark.parametrize(("value", "minimum"), [(0, None), (-3, None), (8, 8), (9, 8)])
+def test_check_int_accepts_integers_at_or_above_the_minimum(value, minimum):
+    assert check_int("n", value, minimum) == value
+
+
+@pytest.mark.parametrize("value", [7, 1.0, 8.0, "8", True, None])
+def test_check_int_refuses_non_integers_bools_and_values_below_the_minimum(value):
+    message = f"size must be an integer >= 8. Received: size={value!r}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_int("size", value, minimum=8)
+
+
+def test_check_int_without_minimum_states_no_bound():
+    with pytest.raises(ConfigError, match=re.escape("seed must be an integer. Received: seed=False")):
+        check_int("seed", False)
+
+
+def test_check_fraction_returns_a_float():
+    value = check_fraction("f", 0.25)
+    assert value == 0.25 and type(value) is float
+
+
+@pytest.mark.parametrize("value", [0, 1, 0.0, 1.0, -0.1, 1.5, float("nan"), True, "0.5", None])
+def test_check_fraction_refuses_values_outside_the_open_interval(value):
+    message = f"prepare.val_fraction must be a number in (0, 1). Received: prepare.val_fraction={value!r}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_fraction("prepare.val_fraction", value)
+
+
+def test_did_you_mean_suggests_the_closest_candidate_or_nothing():
+    assert did_you_mean("conv_pw_13_rel", ["conv_pw_13_relu", "conv_pw_1_relu", "pool"]) == "; did you mean 'conv_pw_13_relu'?"
+    assert did_you_mean("xyz", ["conv_pw_13_relu"]) == ""
+    assert did_you_mean(3, [1, 3]) == "; did you mean '3'?"
