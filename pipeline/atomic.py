@@ -26,12 +26,12 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 @contextlib.contextmanager
@@ -43,10 +43,10 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
     tmp.unlink(missing_ok=True)
     try:
         yield tmp
+        os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, final)
 
 
 def write_json(path: str | Path, data: Any) -> None:

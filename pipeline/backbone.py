@@ -81,7 +81,7 @@ class Backbone:
         for name in names:
             if name not in valid:
                 raise ConfigError(
-                    f"layer {name!r} not found in {self.name}{did_you_mean(name, valid)} "
+                    f"layer {name!r} not found in {self.name}{did_you_mean(name, valid) or '.'} "
                     f"Valid layers: {', '.join(valid)}"
                 )
 

@@ -140,7 +140,7 @@ def build_estimator(config: ClassifierConfig) -> BaseEstimator:
         if key not in valid:
             raise ConfigError(
                 f"unknown hyper-parameter classifiers.{config.name}.params.{key} for {config.estimator}"
-                f"{did_you_mean(key, valid)}. Valid hyper-parameters: {valid}"
+                f"{did_you_mean(key, valid) or '.'} Valid hyper-parameters: {valid}"
             )
     estimator.set_params(**config.params)
     if isinstance(estimator, KerasHeadClassifier):

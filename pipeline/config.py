@@ -170,12 +170,13 @@ class ClassifierConfig:
     def __post_init__(self):
         if not isinstance(self.scale, bool):
             raise ConfigError(f"classifiers.{self.name}.scale must be true or false. Received: {self.scale!r}")
-        check_keys(f"classifiers.{self.name}.params", self.params or {}, list(self.params or {}))
+        params = self.params or {}
+        check_keys(f"classifiers.{self.name}.params", params, list(params) if isinstance(params, Mapping) else [])
         object.__setattr__(self, "params", dict(self.params or {}))
 
     @classmethod
     def from_params(cls, classifiers: Any, name: str) -> ClassifierConfig:
-        classifiers = check_keys("classifiers", classifiers, list(classifiers or {}))
+        classifiers = check_keys("classifiers", classifiers, list(classifiers or {}) if isinstance(classifiers, Mapping) else [])
         check_one_of("classifier", name, list(classifiers))
         allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
         entry = check_keys(f"classifiers.{name}", classifiers[name], allowed, required=["estimator", "layer"])

@@ -37,7 +37,7 @@ def _image_files(folder: Path, root: Path) -> list[Path]:
     """Sorted image files under ``folder``; other files are reported, links escaping ``root`` are refused."""
     files, ignored = [], []
     for path in sorted(folder.rglob("*")):
-        if path.name.startswith(".") or path.is_dir():
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.is_dir():
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             ignored.append(path)
@@ -65,7 +65,14 @@ def read_split_folders(root: str | Path) -> Manifest:
             f"{root} must contain split folders {list(SPLITS)} (at least 'train'), each holding one folder "
             f"per class. Found folders: {found}"
         )
-    class_names = sorted({c.name for split in present for c in (root / split).iterdir() if c.is_dir()})
+    for extra in sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.name not in SPLITS):
+        log.warning("ignored %s: only the split folders %s are read", extra, list(SPLITS))
+    for split in present:
+        for loose in sorted(p for p in (root / split).iterdir() if p.is_file() and not p.name.startswith(".")):
+            log.warning("ignored %s: images must sit in a class folder, %s/<class>/", loose, split)
+    class_names = sorted(
+        {c.name for split in present for c in (root / split).iterdir() if c.is_dir() and not c.name.startswith(".")}
+    )
     if not class_names:
         raise ConfigError(f"{root}/train holds no class folders")
     paths, labels, splits = [], [], []

@@ -1,4 +1,4 @@
-"""Entry-point plumbing shared by the DVC stages and the CLI: logging set-up and clean exits on user errors."""
+"""Entry-point plumbing for the DVC stages: logging set-up and clean exits on user errors."""
 
 from __future__ import annotations
 
@@ -7,16 +7,13 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline.images import ImageDecodeError
-from pipeline.validation import ConfigError
-from pipeline.weights import WeightsError
+from pipeline.validation import UserError
 
-USER_ERRORS = (ConfigError, ImageDecodeError, WeightsError)
 log = logging.getLogger("pipeline")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Readable timestamped logs on stderr; TensorFlow's C++ start-up chatter is silenced."""
+    """Readable timestamped logs on stderr; TensorFlow C++ info and warning logs are turned off."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -26,6 +23,6 @@ def run(main: Callable[[], object]) -> None:
     configure_logging()
     try:
         main()
-    except USER_ERRORS as error:
+    except UserError as error:
         log.error("%s", error)
         sys.exit(2)

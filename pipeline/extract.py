@@ -28,6 +28,20 @@ def pool(values: np.ndarray, pooling: str) -> np.ndarray:
     return values.mean(axis=axes) if pooling == "avg" else values.max(axis=axes)
 
 
+def pooled_shape(shape: tuple[int, ...], pooling: str) -> tuple[int, ...]:
+    """The per-image shape ``pool`` leaves of a ``(h, w, c)`` map (or of an already flat vector)."""
+    return shape if pooling == "none" or len(shape) < 2 else shape[-1:]
+
+
+def run_batch(model, batch: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """One forward pass; a short last batch is padded to ``batch_size`` so every call has the same shape."""
+    n = len(batch)
+    if n < batch_size:
+        batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), dtype=batch.dtype)])
+    outputs = model.predict_on_batch(batch)
+    return [output[:n] for output in (outputs if isinstance(outputs, list) else [outputs])]
+
+
 def library_versions() -> dict[str, str]:
     import h5py
     import keras
@@ -70,10 +84,9 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
     """Run the frozen backbone over every image of ``manifest`` in batches and write ``out`` (HDF5)."""
     backbone = load_backbone(config.backbone, config.weights, config.input_size)
     model = backbone.feature_model(config.layer_names)
-    probe = model.predict_on_batch(np.zeros((1, *backbone.input_size, 3), dtype=np.float32))
-    probe = probe if isinstance(probe, list) else [probe]
     layers = {
-        spec.name: (pool(out_, spec.pooling).shape[1:], spec.dtype) for spec, out_ in zip(config.layers, probe)
+        spec.name: (pooled_shape(tuple(output.shape[1:]), spec.pooling), spec.dtype)
+        for spec, output in zip(config.layers, model.outputs)
     }
     log.info(
         "extracting %s from %s at %s for %d images: %s",
@@ -88,8 +101,7 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
     ) as writer, tqdm(total=len(manifest), unit="img", desc="extract") as progress:
         batches = iter_batches(paths, backbone.input_size, config.interpolation, config.batch_size)
         for start, batch in batches:
-            outputs = model.predict_on_batch(backbone.preprocess(batch.astype(np.float32)))
-            outputs = outputs if isinstance(outputs, list) else [outputs]
+            outputs = run_batch(model, backbone.preprocess(batch.astype(np.float32)), config.batch_size)
             writer.write(start, {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)})
             progress.update(len(batch))
     elapsed = time.perf_counter() - started

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.validation import check_one_of
+from pipeline.validation import UserError, check_one_of
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError, ValueError):
     """A file could not be decoded as an image; the message names the file and the reason."""
 
 # The same names and PIL filters as keras.utils.load_img; "bilinear" is also image_dataset_from_directory's default.

@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import PrepareConfig
+from pipeline.validation import ConfigError
 from pipeline.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,15 @@ SPLITS = ("train", "val", "test")
 def split_indices(labels: np.ndarray, config: PrepareConfig) -> dict[str, np.ndarray]:
     """A fixed stratified train/val/test split of row indices, sorted within each split."""
     index = np.arange(len(labels))
-    rest, test = train_test_split(
-        index, test_size=config.test_fraction, stratify=labels, random_state=config.seed
-    )
     val_share = config.val_fraction / (1 - config.test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest], random_state=config.seed)
+    try:
+        rest, test = train_test_split(index, test_size=config.test_fraction, stratify=labels, random_state=config.seed)
+        train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest], random_state=config.seed)
+    except ValueError as error:  # too few images for a stratified split
+        raise ConfigError(
+            f"cannot split {len(labels)} images of {len(np.unique(labels))} classes with val_fraction="
+            f"{config.val_fraction} and test_fraction={config.test_fraction}: {error}"
+        ) from error
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 

@@ -48,11 +48,25 @@ class FeatureWriter:
         self.path = Path(path)
         self.tmp = temporary_sibling(self.path)
         self.n_rows = len(paths)
+        if self.n_rows == 0:
+            raise ConfigError(f"no images to extract into {self.path}")
+        if not len(labels) == len(splits) == self.n_rows:
+            raise ValueError(f"paths, labels and splits must be row-aligned: {self.n_rows}, {len(labels)}, {len(splits)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.tmp, "w")
+        try:
+            self._create(paths, labels, splits, layers, attrs)
+        except BaseException:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def _create(self, paths, labels, splits, layers, attrs) -> None:
         f = self.file
+        structured = [key for key, value in attrs.items() if isinstance(value, (dict, list, tuple))]
         for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+            f.attrs[key] = json.dumps(value) if key in structured else value
+        f.attrs["json_attrs"] = json.dumps(structured)
         f.attrs["complete"] = False
         f.attrs["n_rows"] = self.n_rows
         f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING, track_times=False)
@@ -108,11 +122,12 @@ def open_features(path: str | Path) -> h5py.File:
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes (provenance) of a features file, JSON values decoded."""
     with open_features(path) as f:
-        return {key: _decode(value) for key, value in f.attrs.items()}
+        structured = set(json.loads(f.attrs.get("json_attrs", "[]")))
+        return {key: _decode(value, key in structured) for key, value in f.attrs.items() if key != "json_attrs"}
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in "[{":
+def _decode(value: Any, is_json: bool) -> Any:
+    if is_json:
         return json.loads(value)
     return value.item() if isinstance(value, np.generic) else value
 

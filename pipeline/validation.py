@@ -7,7 +7,11 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error the user can fix (bad parameter, bad file, missing weights); entry points print it without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A user-supplied parameter or input is invalid; the message says which and why."""
 
 
@@ -25,7 +29,7 @@ def check_keys(section: str, mapping: Any, allowed: Collection[str], required: C
     for key in mapping:
         if key not in allowed:
             raise ConfigError(
-                f"unknown key {section}.{key}{did_you_mean(key, allowed)}. "
+                f"unknown key {section}.{key}{did_you_mean(key, allowed) or '.'} "
                 f"Keys of {section} must be one of {sorted(allowed)}."
             )
     missing = [key for key in required if key not in mapping]

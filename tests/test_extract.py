@@ -1,0 +1,172 @@
+"""Feature extraction: values equal Keras's own pipeline, HDF5 layout and provenance, pooling, and failure safety."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.atomic import temporary_sibling
+from pipeline.config import ExtractConfig, LayerSpec
+from pipeline.dataset import Manifest
+from pipeline.extract import extract_features, pool, provenance
+from pipeline.images import ImageDecodeError
+from pipeline.validation import ConfigError
+from pipeline.weights import SOURCE
+
+ROWS = [0, 33, 71, 99]  # a few images from different splits and classes
+
+
+def keras_reference(backbone, layer_names, image_paths, size):
+    """Keras's own load_img -> img_to_array -> preprocess_input -> intermediate layer outputs, unpooled."""
+    batch = np.stack(
+        [keras.utils.img_to_array(keras.utils.load_img(p, target_size=size, interpolation="bilinear")) for p in image_paths]
+    )
+    model = keras.Model(backbone.model.input, [backbone.model.get_layer(n).output for n in layer_names])
+    return model.predict_on_batch(keras.applications.mobilenet.preprocess_input(batch))
+
+
+def test_stored_features_equal_keras_reference(features_file, extract_config, mobilenet, digits_dir):
+    names = extract_config.layer_names
+    with h5py.File(features_file, "r") as f:
+        assert f.attrs["weights_sha256"] == mobilenet.weights_sha256
+        paths = [digits_dir / f["paths"].asstr()[i] for i in ROWS]
+        stored = {name: f["features"][name][ROWS] for name in names}
+    avg_out, none_out = keras_reference(mobilenet, names, paths, extract_config.input_size)
+    assert [spec.pooling for spec in extract_config.layers] == ["avg", "none"]
+    np.testing.assert_allclose(stored["conv_pw_5_relu"], avg_out.mean(axis=(1, 2)), rtol=1e-4, atol=1e-6)
+    assert stored["conv_pw_13_relu"].dtype == np.float16
+    np.testing.assert_allclose(stored["conv_pw_13_relu"].astype(np.float32), none_out, rtol=1e-3, atol=1e-4)
+    assert np.abs(none_out).max() > 0.1  # the comparison is not between two arrays of zeros
+
+
+def test_rows_and_labels_align_with_the_manifest(features_file, manifest, digits_dir):
+    with h5py.File(features_file, "r") as f:
+        paths = list(f["paths"].asstr()[()])
+        assert paths == list(manifest.paths)
+        assert list(f["split"].asstr()[()]) == list(manifest.splits)
+        np.testing.assert_array_equal(f["labels"][()], manifest.labels)
+    assert not any(p.startswith("/") for p in paths)
+    assert all((digits_dir / p).is_file() for p in paths)
+    assert {p.split("/")[0] for p in paths} == {"train", "val", "test"}
+
+
+def test_feature_datasets_have_row_shapes_and_row_chunks(features_file, manifest):
+    expected = {"conv_pw_5_relu": ((256,), np.float32), "conv_pw_13_relu": ((2, 2, 1024), np.float16)}
+    with h5py.File(features_file, "r") as f:
+        assert set(f["features"]) == set(expected)
+        for name, (row_shape, dtype) in expected.items():
+            dataset = f["features"][name]
+            assert dataset.shape == (len(manifest), *row_shape)
+            assert dataset.dtype == dtype
+            assert dataset.chunks is not None
+            assert dataset.chunks[1:] == row_shape
+            assert 1 <= dataset.chunks[0] <= len(manifest)
+
+
+def test_provenance_attributes(features_file, manifest, mobilenet):
+    with h5py.File(features_file, "r") as f:
+        attrs = dict(f.attrs)
+    assert attrs["complete"] is np.True_
+    assert attrs["n_rows"] == len(manifest)
+    assert attrs["backbone"] == "mobilenet"
+    assert attrs["weights"] == "imagenet"
+    assert attrs["weights_source"] == SOURCE
+    assert attrs["weights_sha256"] == mobilenet.weights_sha256
+    assert json.loads(attrs["input_size"]) == [64, 64]
+    assert attrs["interpolation"] == "bilinear"
+    assert attrs["preprocessing"] == "keras.applications.mobilenet.preprocess_input"
+    assert json.loads(attrs["class_names"]) == [str(d) for d in range(10)]
+    assert json.loads(attrs["layers"]) == ["conv_pw_5_relu", "conv_pw_13_relu"]
+    assert json.loads(attrs["pooling"]) == {"conv_pw_5_relu": "avg", "conv_pw_13_relu": "none"}
+    assert json.loads(attrs["dtype"]) == {"conv_pw_5_relu": "float32", "conv_pw_13_relu": "float16"}
+    assert attrs["image_root"] == str(manifest.root)
+    versions = json.loads(attrs["versions"])
+    assert versions["tensorflow"] == tf.__version__
+    assert versions["keras"] == keras.__version__
+    assert versions["h5py"] == h5py.__version__
+    assert re.fullmatch(r"[0-9a-f]{64}", attrs["config_hash"])
+
+
+def test_config_hash_tracks_feature_settings_not_batch_size(features_file, extract_config, mobilenet, manifest):
+    with h5py.File(features_file, "r") as f:
+        stored = f.attrs["config_hash"]
+    same = dataclasses.replace(extract_config, batch_size=5)
+    resized = dataclasses.replace(extract_config, interpolation="bicubic")
+    pooled = dataclasses.replace(extract_config, layers=(LayerSpec("conv_pw_5_relu", "max"),) + extract_config.layers[1:])
+    assert provenance(same, mobilenet, manifest)["config_hash"] == stored
+    assert provenance(resized, mobilenet, manifest)["config_hash"] != stored
+    assert provenance(pooled, mobilenet, manifest)["config_hash"] != stored
+
+
+def test_batch_size_does_not_change_features(features_file, manifest, extract_config, tmp_path):
+    assert extract_config.batch_size == 16
+    other = extract_features(manifest, dataclasses.replace(extract_config, batch_size=7), tmp_path / "b7.h5")
+    with h5py.File(features_file, "r") as a, h5py.File(other, "r") as b:
+        assert a.attrs["config_hash"] == b.attrs["config_hash"]
+        for spec in extract_config.layers:
+            # float32 rounding differences between batch shapes may flip the last bit of a float16 value
+            rtol, atol = (1e-3, 1e-4) if spec.dtype == "float16" else (1e-5, 1e-6)
+            np.testing.assert_allclose(b["features"][spec.name][()], a["features"][spec.name][()], rtol=rtol, atol=atol)
+
+
+def test_pool_keeps_or_reduces_spatial_axes():
+    maps = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3)
+    np.testing.assert_array_equal(pool(maps, "none"), maps)
+    np.testing.assert_array_equal(pool(maps, "avg"), [[4.5, 5.5, 6.5], [16.5, 17.5, 18.5]])
+    np.testing.assert_array_equal(pool(maps, "max"), [[9, 10, 11], [21, 22, 23]])
+    flat = np.ones((2, 5), dtype=np.float32)
+    np.testing.assert_array_equal(pool(flat, "avg"), flat)
+
+
+def small_config(*layers: str, batch_size: int = 4) -> ExtractConfig:
+    return ExtractConfig(input_size=(32, 32), layers=tuple(LayerSpec(n) for n in layers), batch_size=batch_size)
+
+
+def make_manifest(root, digits_dir, manifest, n_good: int, broken: str | None) -> Manifest:
+    """Copy ``n_good`` digits under ``root`` and append a file that is not an image, named ``broken``."""
+    paths = list(manifest.paths[:n_good])
+    for p in paths:
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(digits_dir / p, root / p)
+    if broken:
+        (root / broken).parent.mkdir(parents=True, exist_ok=True)
+        (root / broken).write_bytes(b"this is not a PNG file")
+        paths.append(broken)
+    labels = np.zeros(len(paths), dtype=np.int64)
+    return Manifest(root, tuple(paths), labels, ("train",) * len(paths), ("0",))
+
+
+def test_unknown_layer_fails_before_reading_images(tmp_path, digits_dir, manifest):
+    bad = make_manifest(tmp_path / "images", digits_dir, manifest, 0, "train/0/not_an_image.png")
+    out = tmp_path / "out" / "features.h5"
+    pattern = r"^layer 'conv_pw_13_rellu' not found in mobilenet; did you mean 'conv_pw_13_relu'\?"
+    with pytest.raises(ConfigError, match=pattern):
+        extract_features(bad, small_config("conv_pw_13_rellu"), out)
+    assert not out.exists()
+    assert not temporary_sibling(out).exists()
+
+
+def test_decode_error_mid_run_leaves_no_file(tmp_path, digits_dir, manifest):
+    bad = make_manifest(tmp_path / "images", digits_dir, manifest, 21, "train/0/zz_broken.png")
+    out = tmp_path / "out" / "features.h5"
+    with pytest.raises(ImageDecodeError, match=r"cannot decode image .*zz_broken\.png"):
+        extract_features(bad, small_config("conv_pw_1_relu", batch_size=4), out)
+    assert not out.exists()
+    assert not temporary_sibling(out).exists()
+
+
+def test_decode_error_leaves_a_previous_file_untouched(tmp_path, digits_dir, manifest):
+    bad = make_manifest(tmp_path / "images", digits_dir, manifest, 5, "train/0/zz_broken.png")
+    out = tmp_path / "features.h5"
+    out.write_bytes(b"previous complete file")
+    with pytest.raises(ImageDecodeError, match="zz_broken"):
+        extract_features(bad, small_config("conv_pw_1_relu", batch_size=2), out)
+    assert out.read_bytes() == b"previous complete file"

@@ -1,0 +1,126 @@
+"""Tests for pipeline.prepare: the digits written as RGB PNGs in stratified, seeded split/class folders, atomically."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from pipeline.config import PrepareConfig
+from pipeline.prepare import SPLITS, prepare_digits, render_digit, split_indices
+from pipeline.validation import ConfigError
+
+CLASSES = [str(c) for c in range(10)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def tree(root):
+    """Every file under ``root`` as {relative posix path: bytes}."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_writes_rgb_pngs_in_split_class_folders(digits_dir):
+    assert sorted(p.name for p in digits_dir.iterdir()) == sorted(SPLITS)
+    for split in SPLITS:
+        assert sorted(p.name for p in (digits_dir / split).iterdir()) == CLASSES, f"{split} lacks a class"
+    files = sorted(digits_dir.rglob("*.*"))
+    assert len(files) == 100
+    for path in files:
+        assert path.suffix == ".png"
+        with Image.open(path) as img:
+            assert (img.format, img.mode, img.size) == ("PNG", "RGB", (16, 16))
+
+
+def test_each_file_is_its_digit_in_its_label_folder(digits_dir, digits):
+    for path in sorted(digits_dir.rglob("*.png")):
+        row = int(path.stem.removeprefix("digit_"))
+        assert path.parent.name == str(digits.target[row])
+        pixels = np.asarray(Image.open(path))
+        assert (pixels == pixels[..., :1]).all(), "digits are grey"
+        expected = 255 - np.round(digits.images[row] * 255 / 16).astype(np.uint8)
+        np.testing.assert_array_equal(pixels[::2, ::2, 0], expected)
+        np.testing.assert_array_equal(pixels[1::2, 1::2, 0], expected)
+
+
+def test_counts_add_up_and_per_class_limit_is_respected(tmp_path):
+    root = tmp_path / "images"
+    counts = prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=12, seed=1))
+    assert sum(counts.values()) == 120
+    assert counts == {split: len(list((root / split).rglob("*.png"))) for split in SPLITS}
+    for name in CLASSES:
+        assert len(list(root.glob(f"*/{name}/*.png"))) == 12
+
+
+def test_full_dataset_is_split_by_the_configured_fractions(tmp_path):
+    counts = prepare_digits(tmp_path / "images", PrepareConfig(image_size=8, val_fraction=0.2, test_fraction=0.1))
+    total = sum(counts.values())
+    assert total == 1797
+    assert counts["val"] / total == pytest.approx(0.2, abs=0.002)
+    assert counts["test"] / total == pytest.approx(0.1, abs=0.002)
+
+
+def test_same_seed_gives_identical_files_and_another_seed_another_split(tmp_path, digits_dir):
+    again = tmp_path / "again"
+    prepare_digits(again, PrepareConfig(image_size=16, per_class_limit=10))  # digits_dir's config
+    assert tree(again) == tree(digits_dir)
+
+    other = tmp_path / "other"
+    prepare_digits(other, PrepareConfig(image_size=16, per_class_limit=10, seed=1))
+    assert sorted(tree(other)) != sorted(tree(digits_dir))
+
+
+def test_rerun_replaces_the_folder_and_leaves_no_partial_sibling(tmp_path):
+    root = tmp_path / "images"
+    (root / "train" / "stale").mkdir(parents=True)
+    (root / "train" / "stale" / "old.png").write_bytes(b"old")
+    prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=10))
+    assert not (root / "train" / "stale").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_failed_run_leaves_existing_output_untouched_and_no_partial_folder(tmp_path):
+    root = tmp_path / "images"
+    prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=10))
+    before = tree(root)
+    # Three digits per class cannot be split 70/15/15 with every class in every split.
+    with pytest.raises(ConfigError, match=re.escape("cannot split 30 images of 10 classes with val_fraction=0.15 and test_fraction=0.15")):
+        prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=3))
+    assert tree(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_split_indices_are_disjoint_sorted_complete_and_stratified():
+    labels = np.repeat(np.arange(4), 20)
+    splits = split_indices(labels, PrepareConfig(val_fraction=0.25, test_fraction=0.25, seed=3))
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(80))
+    for split, rows in splits.items():
+        assert (np.diff(rows) > 0).all(), f"{split} not sorted"
+    assert np.bincount(labels[splits["train"]]).tolist() == [10] * 4
+    assert np.bincount(labels[splits["val"]]).tolist() == [5] * 4
+    assert np.bincount(labels[splits["test"]]).tolist() == [5] * 4
+
+
+def test_split_indices_depend_only_on_the_seed():
+    labels = np.repeat(np.arange(3), 10)
+    first = split_indices(labels, PrepareConfig(seed=5))
+    assert all(np.array_equal(first[s], split_indices(labels, PrepareConfig(seed=5))[s]) for s in SPLITS)
+    assert not np.array_equal(first["test"], split_indices(labels, PrepareConfig(seed=6))["test"])
+
+
+def test_render_digit_is_dark_ink_on_white_upscaled_with_nearest():
+    pixels = np.zeros((8, 8))
+    pixels[0, 0] = 16
+    pixels[7, 7] = 8
+    img = render_digit(pixels, 24)
+    assert (img.mode, img.size) == ("RGB", (24, 24))
+    array = np.asarray(img)
+    np.testing.assert_array_equal(array[:3, :3], 0)  # full ink is black, one 3x3 block
+    np.testing.assert_array_equal(array[21:, 21:], 127)  # half ink: 255 - round(8 * 255 / 16)
+    assert (array[3:21] == 255).all() and (array[:, 3:21] == 255).all()  # no ink is white paper

@@ -1,0 +1,211 @@
+"""Tests for pipeline.store: the HDF5 features layout, the atomic FeatureWriter and the readers."""
+
+from __future__ import annotations
+
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.atomic import temporary_sibling
+from pipeline.store import CHUNK_BYTES, FeatureWriter, load_split, open_features, read_attrs, rows_per_chunk
+from pipeline.validation import ConfigError
+
+SPLITS = ["train", "val", "train", "test", "train"]  # train rows 0, 2, 4 are not contiguous
+LABELS = np.array([0, 1, 2, 1, 0])
+PATHS = [f"{split}/{label}/{row}.png" for row, (split, label) in enumerate(zip(SPLITS, LABELS))]
+LAYERS = {"pooled": ((6,), "float32"), "maps": ((2, 2, 3), "float16")}
+POOLED = np.arange(30, dtype=np.float32).reshape(5, 6)
+MAPS = np.linspace(0, 1, 60).reshape(5, 2, 2, 3)
+
+
+def writer(path, **overrides):
+    """A FeatureWriter for the five rows above; ``overrides`` replace its keyword arguments."""
+    kwargs = {"paths": PATHS, "labels": LABELS, "splits": SPLITS, "layers": LAYERS, "attrs": {"backbone": "mobilenet"}}
+    return FeatureWriter(path, **{**kwargs, **overrides})
+
+
+def write_rows(w):
+    w.write(0, {"pooled": POOLED[:3], "maps": MAPS[:3]})
+    w.write(3, {"pooled": POOLED[3:], "maps": MAPS[3:]})
+
+
+@pytest.fixture
+def features(tmp_path):
+    """A complete features file of the five rows, written in two batches."""
+    path = tmp_path / "features.h5"
+    with writer(path) as w:
+        write_rows(w)
+    return path
+
+
+# --- rows_per_chunk -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row_shape", "dtype", "rows"),
+    [((1024,), "float32", 256), ((1024,), "float16", 512), ((7, 7, 1024), "float16", 10), ((1 << 19,), "float32", 1)],
+)
+def test_rows_per_chunk_fills_about_one_mebibyte(row_shape, dtype, rows):
+    assert CHUNK_BYTES == 1 << 20
+    assert rows_per_chunk(row_shape, dtype) == rows
+
+
+@pytest.mark.parametrize(("row_shape", "dtype"), [((3,), "float32"), ((5, 5, 7), "float16"), ((1000,), "float64")])
+def test_rows_per_chunk_is_the_most_rows_within_the_target(row_shape, dtype):
+    row_bytes = np.prod(row_shape) * np.dtype(dtype).itemsize
+    rows = rows_per_chunk(row_shape, dtype, target_bytes=100_000)
+    assert rows * row_bytes <= 100_000 < (rows + 1) * row_bytes
+
+
+# --- FeatureWriter --------------------------------------------------------------------------------------------
+
+
+def test_layout_is_row_aligned_with_chunked_feature_datasets(features):
+    with h5py.File(features, "r") as f:
+        assert sorted(f) == ["features", "labels", "paths", "split"]
+        assert f["paths"].asstr()[()].tolist() == PATHS
+        assert f["split"].asstr()[()].tolist() == SPLITS
+        assert f["labels"].dtype == np.int64 and f["labels"][()].tolist() == LABELS.tolist()
+        pooled, maps = f["features/pooled"], f["features/maps"]
+        assert (pooled.shape, pooled.dtype, pooled.chunks) == ((5, 6), np.float32, (5, 6))
+        assert (maps.shape, maps.dtype, maps.chunks) == ((5, 2, 2, 3), np.float16, (5, 2, 2, 3))
+        np.testing.assert_array_equal(pooled[()], POOLED)
+        np.testing.assert_array_equal(maps[()], MAPS.astype(np.float16))
+        assert f.attrs["complete"] is np.True_
+        assert f.attrs["n_rows"] == 5
+        assert f.attrs["backbone"] == "mobilenet"
+
+
+def test_chunks_hold_rows_per_chunk_rows_of_a_big_layer(tmp_path):
+    n = 600
+    layers = {"wide": ((1024,), "float32"), "narrow": ((3,), "float16")}
+    with writer(tmp_path / "f.h5", paths=["p"] * n, labels=np.zeros(n), splits=["train"] * n, layers=layers):
+        pass
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["features/wide"].chunks == (rows_per_chunk((1024,), "float32"), 1024) == (256, 1024)
+        assert f["features/narrow"].chunks == (n, 3)
+
+
+def test_json_attrs_are_stored_as_json_text(tmp_path):
+    attrs = {"pooling": {"a": "avg"}, "layers": ["a", "b"], "input_size": (64, 64), "seed": 3}
+    with writer(tmp_path / "f.h5", attrs=attrs):
+        pass
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f.attrs["pooling"] == '{"a": "avg"}'
+        assert f.attrs["layers"] == '["a", "b"]'
+        assert f.attrs["input_size"] == "[64, 64]"
+        assert f.attrs["seed"] == 3
+
+
+def test_file_appears_complete_only_after_a_clean_exit(tmp_path):
+    path = tmp_path / "features.h5"
+    with writer(path) as w:
+        write_rows(w)
+        assert w.tmp == temporary_sibling(path) and w.tmp.is_file()
+        assert w.file.attrs["complete"] is np.False_
+        assert not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.h5"]
+    with h5py.File(path, "r") as f:
+        assert f.attrs["complete"] is np.True_
+
+
+def test_error_inside_the_with_leaves_no_file(tmp_path):
+    path = tmp_path / "features.h5"
+    with pytest.raises(RuntimeError, match="backbone failed"):
+        with writer(path) as w:
+            w.write(0, {"pooled": POOLED[:3], "maps": MAPS[:3]})
+            raise RuntimeError("backbone failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_error_inside_the_with_keeps_the_previous_file(features):
+    before = load_split(features, "pooled", "train").X
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with writer(features, attrs={"backbone": "other"}):
+            raise RuntimeError("interrupted")
+    assert read_attrs(features)["backbone"] == "mobilenet"
+    np.testing.assert_array_equal(load_split(features, "pooled", "train").X, before)
+    assert sorted(p.name for p in features.parent.iterdir()) == ["features.h5"]
+
+
+# --- readers --------------------------------------------------------------------------------------------------
+
+
+def test_open_features_opens_a_complete_file_for_reading(features):
+    with open_features(features) as f:
+        assert f.mode == "r" and f["features/pooled"].shape == (5, 6)
+
+
+def test_open_features_refuses_a_missing_file_naming_it(tmp_path):
+    path = tmp_path / "features.h5"
+    with pytest.raises(ConfigError, match=re.escape(f"features file not found: {path}")):
+        open_features(path)
+
+
+@pytest.mark.parametrize("attrs", [{"complete": False}, {}], ids=["complete=False", "no complete attribute"])
+def test_open_features_refuses_an_incomplete_file_naming_it(tmp_path, attrs):
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+        f.create_dataset("labels", data=LABELS)
+    with pytest.raises(ConfigError, match=re.escape(f"features file {path} is incomplete (attribute complete is not True)")):
+        open_features(path)
+    with h5py.File(path, "r+"):  # fails with "already open for read-only" unless the refused file was closed
+        pass
+
+
+@pytest.mark.parametrize(("split", "rows"), [("train", [0, 2, 4]), ("val", [1]), ("test", [3])])
+def test_load_split_selects_that_splits_rows(features, split, rows):
+    loaded = load_split(features, "pooled", split)
+    np.testing.assert_array_equal(loaded.X, POOLED[rows])
+    np.testing.assert_array_equal(loaded.y, LABELS[rows])
+    maps = load_split(features, "maps", split)
+    np.testing.assert_array_equal(maps.X, MAPS[rows].astype(np.float16))
+
+
+def test_load_split_of_contiguous_rows(tmp_path):
+    path = tmp_path / "features.h5"
+    splits = ["train", "train", "train", "val", "val"]
+    with writer(path, splits=splits) as w:
+        write_rows(w)
+    np.testing.assert_array_equal(load_split(path, "pooled", "train").X, POOLED[:3])
+    np.testing.assert_array_equal(load_split(path, "pooled", "val").y, LABELS[3:])
+
+
+def test_load_split_flatten_gives_one_row_per_image(features):
+    loaded = load_split(features, "maps", "train", flatten=True)
+    assert loaded.X.shape == (3, 12)
+    np.testing.assert_array_equal(loaded.X, MAPS[[0, 2, 4]].reshape(3, 12).astype(np.float16))
+
+
+def test_load_split_names_the_allowed_splits_and_layers(features):
+    with pytest.raises(ConfigError, match=re.escape("split must be one of ['test', 'train', 'val']. Received: split='valid'")):
+        load_split(features, "pooled", "valid")
+    with pytest.raises(ConfigError, match=re.escape("layer must be one of ['maps', 'pooled']. Received: layer='conv'")):
+        load_split(features, "conv", "train")
+
+
+def test_load_split_refuses_an_incomplete_file(features):
+    with h5py.File(features, "r+") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(ConfigError, match=re.escape(f"features file {features} is incomplete")):
+        load_split(features, "pooled", "train")
+
+
+def test_read_attrs_decodes_json_and_numpy_scalars(tmp_path):
+    attrs = {"pooling": {"a": "avg"}, "input_size": (64, 64), "seed": 3, "scale": 0.5, "backbone": "mobilenet"}
+    with writer(tmp_path / "f.h5", attrs=attrs):
+        pass
+    decoded = read_attrs(tmp_path / "f.h5")
+    assert decoded == {**attrs, "input_size": [64, 64], "complete": True, "n_rows": 5}
+    assert type(decoded["complete"]) is bool and type(decoded["n_rows"]) is int and type(decoded["scale"]) is float
+
+
+@pytest.mark.parametrize("text", ["[2024] scans/images", ""])
+def test_read_attrs_returns_plain_text_attrs_unchanged(tmp_path, text):
+    # Provenance holds free text such as the image root (str(manifest.root)), which may start with a bracket.
+    with writer(tmp_path / "f.h5", attrs={"image_root": text}):
+        pass
+    assert read_attrs(tmp_path / "f.h5")["image_root"] == text
