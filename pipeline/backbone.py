@@ -102,31 +102,98 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def load_backbone(
-    name: str, weights: str | None = "imagenet", input_size: tuple[int, int] | None = None, include_top: bool = False
+def load_keras_file(
+    path: str | Path, weights: str | None, input_size: tuple[int, int] | None, preprocessing: str | None
 ) -> Backbone:
-    """Build ``keras.applications.<name>`` with the requested weights; a failure to get them is an error, never random."""
+    """A user's own ``.keras`` model (loaded with ``safe_mode=True``) as a backbone; it carries its own weights."""
+    import keras
+    from keras.applications import imagenet_utils
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"extract.backbone {str(path)!r} is not a file; use a .keras file or one of {sorted(ARCHITECTURES)}")
+    if preprocessing is None:
+        raise ConfigError(
+            f"extract.preprocessing must be one of ['caffe', 'none', 'tf', 'torch'] for a .keras backbone "
+            f"(the input scaling it was trained with). Received: preprocessing=None"
+        )
+    if weights == "imagenet":
+        raise ConfigError(
+            "extract.weights must be null (the model's own weights) or a weights file for a .keras backbone. "
+            "Received: weights='imagenet'"
+        )
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    source = f"file {path} (sha256 {offline.file_sha256(path)})"
+    if weights is not None:
+        model.load_weights(weights)
+        source = f"{source}, weights from file {weights} (sha256 {offline.file_sha256(weights)})"
+    native = tuple(model.input_shape[1:3])
+    if input_size is not None and tuple(input_size) != native and None not in native:
+        raise ConfigError(f"extract.input_size must be null or {list(native)} for {path}. Received: {list(input_size)}")
+    size = tuple(input_size) if None in native else native
+    if None in size:
+        raise ConfigError(f"{path} accepts any input size: set extract.input_size to [height, width]")
+    model.trainable = False
+
+    def preprocess(x: np.ndarray) -> np.ndarray:
+        return x if preprocessing == "none" else imagenet_utils.preprocess_input(x, mode=preprocessing)
+
+    return Backbone(
+        name=path.name,
+        model=model,
+        preprocess=preprocess,
+        preprocessing=f"keras.applications.imagenet_utils.preprocess_input(mode={preprocessing!r})"
+        if preprocessing != "none" else "none",
+        input_size=size,
+        weights_source=source,
+        weights_sha256=weights_fingerprint(model),
+    )
+
+
+def architecture(name: str, size: tuple[int, int], include_top: bool = False, weights: str | None = None):
+    """``keras.applications.<constructor>`` at ``size``; ``weights`` is passed to Keras (None or 'imagenet')."""
     import keras
 
-    check_one_of("extract.backbone", name, ARCHITECTURES)
-    arch = ARCHITECTURES[name]
+    constructor = getattr(keras.applications, ARCHITECTURES[name].constructor)
+    return constructor(include_top=include_top, weights=weights, input_shape=(*size, 3))
+
+
+def load_backbone(
+    name: str, weights: str | None = "imagenet", input_size: tuple[int, int] | None = None,
+    include_top: bool = False, preprocessing: str | None = None,
+) -> Backbone:
+    """Build ``keras.applications.<name>`` (or load a ``.keras`` file) with the requested weights.
+
+    A failure to get pretrained weights is an error, never a silent fall-back to random weights.
+    """
+    import keras
+
+    if name.endswith(".keras"):
+        return load_keras_file(name, weights, input_size, preprocessing)
+    if preprocessing is not None:
+        raise ConfigError(
+            f"extract.preprocessing applies only to a .keras backbone; {name} uses its own preprocess_input. "
+            f"Received: preprocessing={preprocessing!r}"
+        )
+    arch = ARCHITECTURES[check_one_of("extract.backbone", name, ARCHITECTURES)]
     size = tuple(input_size) if input_size else (arch.native_size, arch.native_size)
     if include_top and size != (arch.native_size, arch.native_size):
         raise ConfigError(f"include_top needs the native input size {arch.native_size}. Received: {size}")
-    constructor = getattr(keras.applications, arch.constructor)
-    shape = (*size, 3)
+
+    def constructor(weights):
+        return architecture(name, size, include_top, weights)
 
     if weights is None:
-        model = constructor(include_top=include_top, weights=None, input_shape=shape)
+        model = constructor(None)
         source = "random initialisation (weights: null), NOT pretrained"
         log.warning("%s uses random weights (weights: null); features are not pretrained", name)
     elif weights == "imagenet" and name in OFFLINE_IMAGENET:
-        model = constructor(include_top=include_top, weights=None, input_shape=shape)
+        model = constructor(None)
         offline.load_layer_weights(model, OFFLINE_IMAGENET[name]())
         source = offline.SOURCE
     elif weights == "imagenet":
         try:
-            model = constructor(include_top=include_top, weights="imagenet", input_shape=shape)
+            model = constructor("imagenet")
         except Exception as error:  # Keras raises several types for a failed download
             raise offline.WeightsError(
                 f"could not get ImageNet weights for {name} through Keras ({error}). Without internet, set "
@@ -140,7 +207,7 @@ def load_backbone(
             raise ConfigError(
                 f"extract.weights must be 'imagenet', null or an existing weights file. Received: weights={weights!r}"
             )
-        model = constructor(include_top=include_top, weights=None, input_shape=shape)
+        model = constructor(None)
         try:
             model.load_weights(path)
         except Exception as error:

@@ -23,6 +23,9 @@ from pipeline.validation import (
 POOLINGS = ("none", "avg", "max")
 DTYPES = ("float32", "float16")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
+PREPROCESSING_MODES = ("none", "tf", "torch", "caffe")
+COMPRESSIONS = ("gzip", "lzf")
+ON_ERROR = ("skip", "fail")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -93,15 +96,44 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class SplitConfig:
+    """How images of a source without split folders or a split column are split: stratified, seeded."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self):
+        check_fraction("extract.split.val_fraction", self.val_fraction)
+        check_fraction("extract.split.test_fraction", self.test_fraction)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                "extract.split.val_fraction + extract.split.test_fraction must be below 1. "
+                f"Received: {self.val_fraction} + {self.test_fraction}"
+            )
+        check_int("extract.split.seed", self.seed)
+
+    @classmethod
+    def from_params(cls, mapping: Any) -> SplitConfig:
+        return _from_mapping(cls, "extract.split", mapping)
+
+
+@dataclass(frozen=True)
 class ExtractConfig:
-    """Everything that decides the features: backbone, weights, input size, resize and layers."""
+    """Everything that decides the features (backbone, weights, input size, resize, layers) and how they are written."""
 
     backbone: str = "mobilenet"
     weights: str | None = "imagenet"
     input_size: tuple[int, int] | None = None
     interpolation: str = "bilinear"
+    preprocessing: str | None = None
     layers: tuple[LayerSpec, ...] = ()
-    batch_size: int = 32
+    batch_size: int | str = "auto"
+    compression: str | None = None
+    on_error: str = "skip"
+    mixed_precision: bool = False
+    xla: bool = False
+    split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -116,7 +148,18 @@ class ExtractConfig:
                 raise ConfigError(f"extract.input_size must be [height, width] or null. Received: {size!r}")
             object.__setattr__(self, "input_size", tuple(check_int("extract.input_size", s, 32) for s in size))
         check_one_of("extract.interpolation", self.interpolation, INTERPOLATIONS)
-        check_int("extract.batch_size", self.batch_size, minimum=1)
+        if self.preprocessing is not None:
+            check_one_of("extract.preprocessing", self.preprocessing, PREPROCESSING_MODES)
+        if self.batch_size != "auto":
+            check_int("extract.batch_size", self.batch_size, minimum=1)
+        if self.compression is not None:
+            check_one_of("extract.compression", self.compression, COMPRESSIONS)
+        check_one_of("extract.on_error", self.on_error, ON_ERROR)
+        for flag in ("mixed_precision", "xla"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"extract.{flag} must be true or false. Received: {getattr(self, flag)!r}")
+        if isinstance(self.split, Mapping):
+            object.__setattr__(self, "split", SplitConfig.from_params(self.split))
         if not self.layers:
             raise ConfigError("extract.layers must name at least one layer.")
         names = [spec.name for spec in self.layers]
@@ -136,9 +179,14 @@ class ExtractConfig:
         return [spec.name for spec in self.layers]
 
     def feature_identity(self) -> dict[str, Any]:
-        """The fields that change feature values (batch size does not), as plain JSON-able data."""
+        """The fields that change feature values, as plain JSON-able data.
+
+        Left out: batch size (float rounding only), compression (lossless), on_error and the split (they decide
+        which rows and which split labels the file has, not the values; the manifest hash covers those).
+        """
         identity = dataclasses.asdict(self)
-        identity.pop("batch_size")
+        for key in ("batch_size", "compression", "on_error", "split"):
+            identity.pop(key)
         return identity
 
 

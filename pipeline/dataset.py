@@ -1,18 +1,24 @@
-"""Manifests: which image files, with which label and split, read from a ``<split>/<class>/`` folder tree."""
+"""Manifests: image files with labels and splits, from split folders, class folders, a flat folder or a CSV file."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
-from pipeline.validation import ConfigError
+from pipeline.config import SplitConfig
+from pipeline.validation import ConfigError, check_one_of, did_you_mean
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+UNLABELLED = "unlabelled"  # the split name of every row of a source without labels; such rows have label -1
+CSV_COLUMNS = ("filename", "label", "split")
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 
@@ -33,10 +39,44 @@ class Manifest:
         return self.root / self.paths[index]
 
 
-def _image_files(folder: Path, root: Path) -> list[Path]:
+def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """A fixed stratified train/val/test split of row indices, sorted within each split."""
+    labels = np.asarray(labels)
+    index = np.arange(len(labels))
+    val_share = val_fraction / (1 - test_fraction)
+    try:
+        rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
+        train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest], random_state=seed)
+    except ValueError as error:  # too few images for a stratified split
+        classes, counts = np.unique(labels, return_counts=True)
+        smallest = f"; the smallest class has {counts.min()} image(s)" if len(counts) else ""
+        raise ConfigError(
+            f"cannot split {len(labels)} images of {len(classes)} classes with val_fraction={val_fraction} and "
+            f"test_fraction={test_fraction}: too few images for a stratified split{smallest} ({error})"
+        ) from error
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _assign_splits(labels: np.ndarray, split: SplitConfig, source: Path) -> tuple[str, ...]:
+    """The split name of each row, from a stratified seeded split of ``labels``."""
+    try:
+        rows = split_indices(labels, split.val_fraction, split.test_fraction, split.seed)
+    except ConfigError as error:
+        raise ConfigError(
+            f"{source} has no train/val/test split of its own, and {error}. Add images, change "
+            "extract.split.val_fraction / extract.split.test_fraction, or give the split (split folders or a 'split' "
+            "column)."
+        ) from error
+    names = np.empty(len(labels), dtype=object)
+    for name, index in rows.items():
+        names[index] = name
+    return tuple(names.tolist())
+
+
+def _image_files(folder: Path, root: Path, recursive: bool = True) -> list[Path]:
     """Sorted image files under ``folder``; other files are reported, links escaping ``root`` are refused."""
     files, ignored = [], []
-    for path in sorted(folder.rglob("*")):
+    for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
         if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.is_dir():
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -89,3 +129,199 @@ def read_split_folders(root: str | Path) -> Manifest:
         raise ConfigError(f"no images with extensions {list(IMAGE_EXTENSIONS)} found under {root}")
     log.info("found %d images in %d classes under %s", len(paths), len(class_names), root)
     return Manifest(root, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(splits), tuple(class_names))
+
+
+def _unlabelled(root: Path, paths: list[str]) -> Manifest:
+    labels = np.full(len(paths), -1, dtype=np.int64)
+    return Manifest(root, tuple(paths), labels, (UNLABELLED,) * len(paths), ())
+
+
+def read_folder(root: str | Path, split: SplitConfig = SplitConfig()) -> Manifest:
+    """Read a folder without split folders.
+
+    ``root/<class>/*``: class names are the sorted folder names and the rows (sorted by class, then path) get a
+    stratified, seeded split. Images directly in ``root`` and no class folders: an unlabelled manifest (label -1,
+    no class names, split ``unlabelled``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"image folder not found: {root}")
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    by_class = {}
+    for folder in (p for p in entries if p.is_dir()):
+        files = _image_files(folder, root)
+        if files:
+            by_class[folder.name] = files
+        else:
+            log.warning("ignored %s: it holds no images with extensions %s", folder, list(IMAGE_EXTENSIONS))
+    if not by_class:
+        paths = [p.relative_to(root).as_posix() for p in _image_files(root, root, recursive=False)]
+        if not paths:
+            raise ConfigError(
+                f"no images with extensions {list(IMAGE_EXTENSIONS)} found in {root}: expected split folders "
+                f"{list(SPLITS)}, one folder per class, or image files"
+            )
+        log.info("found %d unlabelled images in %s", len(paths), root)
+        return _unlabelled(root, paths)
+    loose = [p for p in entries if p.is_file()]
+    if loose:
+        log.warning(
+            "ignored %d file(s) directly in %s: next to class folders, images must sit in a class folder, e.g. %s",
+            len(loose), root, loose[0],
+        )
+    class_names = sorted(by_class)
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        for path in by_class[name]:
+            paths.append(path.relative_to(root).as_posix())
+            labels.append(label)
+    labels = np.asarray(labels, dtype=np.int64)
+    splits = _assign_splits(labels, split, root)
+    log.info("found %d images in %d class folders under %s", len(paths), len(class_names), root)
+    return Manifest(root, tuple(paths), labels, splits, tuple(class_names))
+
+
+def _csv_image_path(value: str, root: Path, where: str) -> str:
+    """The normalised relative path of a CSV ``filename`` value, refused unless it names a file inside ``root``."""
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).anchor:
+        raise ConfigError(
+            f"{where}: filename {value!r} is an absolute path; it must be relative to the image root {root}"
+        )
+    if ".." in re.split(r"[\\/]", value):
+        raise ConfigError(f"{where}: filename {value!r} contains '..'; it must stay inside the image root {root}")
+    relative = PurePosixPath(value)
+    full = root / relative
+    try:
+        resolved = full.resolve()
+        inside = resolved.is_relative_to(root.resolve())
+        is_file = full.is_file()
+    except (OSError, RuntimeError, ValueError) as error:  # unreadable, a link loop, a NUL byte
+        raise ConfigError(
+            f"{where}: filename {value!r} cannot be resolved under the image root {root}: {error}"
+        ) from error
+    if not inside:
+        raise ConfigError(
+            f"{where}: filename {value!r} resolves to {resolved}, outside the image root {root} "
+            "(a symbolic link leads out)"
+        )
+    if not is_file:
+        what = "is a folder, not an image file" if full.is_dir() else "not found"
+        raise ConfigError(f"{where}: filename {value!r} {what} (looked for {full})")
+    return relative.as_posix()
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The stripped header and the non-blank rows of a CSV file, each row with its line number (header: line 1)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = next(reader, None)
+            rows = [(reader.line_num, [cell.strip() for cell in row]) for row in reader if any(c.strip() for c in row)]
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text: {error}") from error
+    except csv.Error as error:
+        raise ConfigError(f"{path} is not a valid CSV file: {error}") from error
+    if not header or not any(cell.strip() for cell in header):
+        raise ConfigError(f"{path} must start with a header line naming its columns, from {list(CSV_COLUMNS)}")
+    return [cell.strip() for cell in header], rows
+
+
+def _check_header(path: Path, columns: list[str]) -> None:
+    for column in columns:
+        if column not in CSV_COLUMNS:
+            raise ConfigError(
+                f"{path}: unknown column {column!r} in the header (line 1){did_you_mean(column, CSV_COLUMNS) or '.'} "
+                f"Columns must be among {list(CSV_COLUMNS)}. Received: {columns}"
+            )
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: the header (line 1) repeats column(s) {repeated}. Received: {columns}")
+    if "filename" not in columns:
+        raise ConfigError(f"{path}: the header (line 1) must name a 'filename' column. Received: {columns}")
+    if "split" in columns and "label" not in columns:
+        raise ConfigError(
+            f"{path}: a 'split' column needs a 'label' column; a CSV without labels is read unlabelled, "
+            f"so give only 'filename'. Received: {columns}"
+        )
+
+
+def read_csv(path: str | Path, image_root: str | Path | None = None, split: SplitConfig = SplitConfig()) -> Manifest:
+    """Read a CSV manifest with columns ``filename`` (required), ``label`` and ``split`` (optional), in file order.
+
+    Filenames are relative to ``image_root`` (default: the CSV's folder) and must name files inside it. Class names
+    are the sorted label strings. Without a ``split`` column the rows get a stratified, seeded split; without a
+    ``label`` column the manifest is unlabelled (label -1, no class names, split ``unlabelled``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"CSV manifest not found: {path}")
+    root = path.parent if image_root is None else Path(image_root)
+    if not root.is_dir():
+        raise ConfigError(f"image_root of {path} must be an existing folder. Received: image_root={str(root)!r}")
+    columns, rows = _csv_rows(path)
+    _check_header(path, columns)
+    if not rows:
+        raise ConfigError(f"{path} lists no images below its header")
+    paths, label_names, splits, seen = [], [], [], {}
+    for line, row in rows:
+        where = f"{path}, line {line}"
+        if len(row) != len(columns):
+            raise ConfigError(f"{where}: expected {len(columns)} fields {columns}, found {len(row)}: {row}")
+        record = dict(zip(columns, row))
+        if not record["filename"]:
+            raise ConfigError(f"{where}: empty filename")
+        relative = _csv_image_path(record["filename"], root, where)
+        if relative in seen:
+            raise ConfigError(
+                f"{path}: lines {seen[relative]} and {line} both name the image {relative!r}; list each image once"
+            )
+        seen[relative] = line
+        paths.append(relative)
+        if "label" in record:
+            if not record["label"]:
+                raise ConfigError(f"{where}: empty label for {record['filename']!r}")
+            label_names.append(record["label"])
+        if "split" in record:
+            try:
+                splits.append(check_one_of("split", record["split"], SPLITS))
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
+    if "label" not in columns:
+        log.info("read %d unlabelled images from %s", len(paths), path)
+        return _unlabelled(root, paths)
+    class_names = sorted(set(label_names))
+    index = {name: label for label, name in enumerate(class_names)}
+    labels = np.asarray([index[name] for name in label_names], dtype=np.int64)
+    if "split" in columns:
+        if "train" not in splits:
+            raise ConfigError(f"{path}: no row has split 'train'; splits found: {sorted(set(splits))}")
+    else:
+        splits = list(_assign_splits(labels, split, path))
+    log.info("read %d images in %d classes from %s (image root %s)", len(paths), len(class_names), path, root)
+    return Manifest(root, tuple(paths), labels, tuple(splits), tuple(class_names))
+
+
+def read_images(
+    source: str | Path, image_root: str | Path | None = None, split: SplitConfig = SplitConfig()
+) -> Manifest:
+    """Read any image source into a Manifest.
+
+    - a folder with split folders (``train/`` and optionally ``val/``, ``test/``): ``read_split_folders``;
+    - any other folder: ``read_folder`` (one folder per class, split by ``split``; or loose images, unlabelled);
+    - a ``.csv`` file: ``read_csv`` with paths relative to ``image_root`` (default: the CSV's folder).
+    """
+    source = Path(source)
+    if source.suffix.lower() == ".csv" and not source.is_dir():
+        return read_csv(source, image_root, split)
+    if source.is_file():
+        raise ConfigError(f"an image source must be a folder or a .csv file. Received: source={str(source)!r}")
+    if not source.is_dir():
+        raise ConfigError(f"image folder not found: {source}")
+    if image_root is not None:
+        raise ConfigError(
+            f"image_root applies to a .csv source only; the folder {source} is its own image root. "
+            f"Received: image_root={str(image_root)!r}"
+        )
+    if any((source / name).is_dir() for name in SPLITS):
+        return read_split_folders(source)  # with val/ or test/ but no train/, it says train/ is missing
+    return read_folder(source, split)

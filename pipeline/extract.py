@@ -1,7 +1,9 @@
-"""Stage one: manifest -> decoded batches -> frozen backbone (all layers in one pass) -> HDF5 features file."""
+"""Stage one: manifest -> decoded batches -> frozen backbone (all layers in one pass) -> resumable HDF5 file."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import logging
 import platform
 import time
@@ -10,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import __version__
+from pipeline import __version__, accelerate
+from pipeline.atomic import atomic_file
 from pipeline.backbone import Backbone, load_backbone
 from pipeline.config import ExtractConfig, config_hash
-from pipeline.dataset import Manifest
+from pipeline.dataset import Manifest, read_images
 from pipeline.images import iter_batches
 from pipeline.store import FeatureWriter
 
@@ -34,12 +37,12 @@ def pooled_shape(shape: tuple[int, ...], pooling: str) -> tuple[int, ...]:
 
 
 def run_batch(model, batch: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """One forward pass; a short last batch is padded to ``batch_size`` so every call has the same shape."""
+    """One forward pass in float32 outputs; a short batch is padded to ``batch_size`` so every call has one shape."""
     n = len(batch)
     if n < batch_size:
         batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), dtype=batch.dtype)])
     outputs = model.predict_on_batch(batch)
-    return [output[:n] for output in (outputs if isinstance(outputs, list) else [outputs])]
+    return [np.asarray(o[:n], dtype=np.float32) for o in (outputs if isinstance(outputs, list) else [outputs])]
 
 
 def library_versions() -> dict[str, str]:
@@ -59,9 +62,23 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest) -> dict:
+def manifest_hash(manifest: Manifest) -> str:
+    """sha256 over the ordered (path, label, split) rows and class names: which images, labelled how."""
+    digest = hashlib.sha256("\0".join(manifest.class_names).encode())
+    for path, label, split in zip(manifest.paths, manifest.labels.tolist(), manifest.splits):
+        digest.update(f"\n{path}\0{label}\0{split}".encode())
+    return digest.hexdigest()
+
+
+def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, compute: accelerate.Compute) -> dict:
     """Every fact that decides the features, plus a hash of them that tells incompatible files apart."""
-    identity = {**config.feature_identity(), "input_size": list(backbone.input_size), "weights_sha256": backbone.weights_sha256}
+    identity = {
+        **config.feature_identity(),
+        "mixed_precision": compute.mixed_precision,
+        "xla": compute.xla,
+        "input_size": list(backbone.input_size),
+        "weights_sha256": backbone.weights_sha256,
+    }
     return {
         "backbone": backbone.name,
         "weights": config.weights if config.weights is not None else "null",
@@ -73,37 +90,84 @@ def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest) ->
         "layers": [spec.name for spec in config.layers],
         "pooling": {spec.name: spec.pooling for spec in config.layers},
         "dtype": {spec.name: spec.dtype for spec in config.layers},
+        "mixed_precision": compute.mixed_precision,
+        "xla": compute.xla,
+        "batch_size": compute.batch_size,
+        "compression": config.compression or "none",
+        "on_error": config.on_error,
         "class_names": list(manifest.class_names),
         "image_root": str(manifest.root),
+        "manifest_sha256": manifest_hash(manifest),
         "versions": library_versions(),
         "config_hash": config_hash(identity),
     }
 
 
+def skipped_report_path(out: str | Path) -> Path:
+    """The CSV beside the features file that lists every skipped image and why."""
+    return Path(out).with_suffix(".skipped.csv")
+
+
 def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path) -> Path:
-    """Run the frozen backbone over every image of ``manifest`` in batches and write ``out`` (HDF5)."""
-    backbone = load_backbone(config.backbone, config.weights, config.input_size)
+    """Run the frozen backbone over every image of ``manifest`` in batches and write ``out`` (HDF5), resumably."""
+    compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
+    accelerate.set_precision(compute.mixed_precision)
+    backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
     model = backbone.feature_model(config.layer_names)
+    if compute.xla:
+        model.compile(jit_compile=True)
     layers = {
         spec.name: (pooled_shape(tuple(output.shape[1:]), spec.pooling), spec.dtype)
         for spec, output in zip(config.layers, model.outputs)
     }
+    attrs = provenance(config, backbone, manifest, compute)
     log.info(
         "extracting %s from %s at %s for %d images: %s",
         config.layer_names, backbone.name, backbone.input_size, len(manifest),
         {name: shape for name, (shape, _) in layers.items()},
     )
     paths = [manifest.absolute(i) for i in range(len(manifest))]
-    attrs = provenance(config, backbone, manifest)
-    started = time.perf_counter()
     with FeatureWriter(
-        out, paths=manifest.paths, labels=manifest.labels, splits=manifest.splits, layers=layers, attrs=attrs
-    ) as writer, tqdm(total=len(manifest), unit="img", desc="extract") as progress:
-        batches = iter_batches(paths, backbone.input_size, config.interpolation, config.batch_size)
-        for start, batch in batches:
-            outputs = run_batch(model, backbone.preprocess(batch.astype(np.float32)), config.batch_size)
-            writer.write(start, {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)})
-            progress.update(len(batch))
-    elapsed = time.perf_counter() - started
-    log.info("extracted %d images in %.1f s (%.1f img/s)", len(manifest), elapsed, len(manifest) / max(elapsed, 1e-9))
+        out, capacity=len(manifest), layers=layers, attrs=attrs, compression=config.compression,
+        resume_key=f"{attrs['config_hash']}:{attrs['manifest_sha256']}",
+    ) as writer, tqdm(total=len(manifest), initial=writer.position, unit="img", desc="extract") as progress:
+        started, resumed_at = time.perf_counter(), writer.position
+        batches = iter_batches(
+            paths, backbone.input_size, config.interpolation, compute.batch_size,
+            on_error=config.on_error, start=writer.position,
+        )
+        for batch in batches:
+            rows = batch.indices
+            outputs = run_batch(model, backbone.preprocess(batch.images.astype(np.float32)), compute.batch_size) if len(rows) else []
+            for position, message in batch.errors:
+                log.warning("skipped %s", message)
+            writer.write(
+                batch.stop,
+                {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)},
+                [manifest.paths[i] for i in rows],
+                manifest.labels[rows],
+                [manifest.splits[i] for i in rows],
+                skipped=[(manifest.paths[i], message) for i, message in batch.errors],
+            )
+            progress.update(batch.stop - batch.start)
+        elapsed = time.perf_counter() - started
+        done = len(manifest) - resumed_at
+        log.info("extracted %d images in %.1f s (%.1f img/s)", done, elapsed, done / max(elapsed, 1e-9))
+        skipped = writer.skipped()
+        write_skipped_report(skipped_report_path(out), skipped)
+    if skipped:
+        log.warning("%d of %d images could not be decoded; see %s", len(skipped), len(manifest), skipped_report_path(out))
     return Path(out)
+
+
+def write_skipped_report(path: Path, skipped: list[tuple[str, str]]) -> None:
+    """Write ``path`` atomically: a ``path,reason`` CSV with one row per skipped image (header only if none)."""
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(skipped)
+
+
+def run_extraction(images: str | Path, out: str | Path, config: ExtractConfig, image_root: str | Path | None = None) -> Path:
+    """Read any image source (folders or CSV), then extract: what the DVC stage and the CLI both run."""
+    return extract_features(read_images(images, image_root, config.split), config, out)

@@ -8,30 +8,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from pipeline.config import PrepareConfig
-from pipeline.validation import ConfigError
 from pipeline.atomic import atomic_directory
+from pipeline.config import PrepareConfig
+from pipeline.dataset import SPLITS, split_indices
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
-
-def split_indices(labels: np.ndarray, config: PrepareConfig) -> dict[str, np.ndarray]:
-    """A fixed stratified train/val/test split of row indices, sorted within each split."""
-    index = np.arange(len(labels))
-    val_share = config.val_fraction / (1 - config.test_fraction)
-    try:
-        rest, test = train_test_split(index, test_size=config.test_fraction, stratify=labels, random_state=config.seed)
-        train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest], random_state=config.seed)
-    except ValueError as error:  # too few images for a stratified split
-        raise ConfigError(
-            f"cannot split {len(labels)} images of {len(np.unique(labels))} classes with val_fraction="
-            f"{config.val_fraction} and test_fraction={config.test_fraction}: {error}"
-        ) from error
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
 def render_digit(pixels: np.ndarray, size: int) -> Image.Image:
@@ -52,7 +34,7 @@ def prepare_digits(out_dir: str | Path, config: PrepareConfig) -> dict[str, int]
                 [rng.permutation(np.flatnonzero(labels == c))[: config.per_class_limit] for c in np.unique(labels)]
             )
         )
-    splits = split_indices(labels[keep], config)
+    splits = split_indices(labels[keep], config.val_fraction, config.test_fraction, config.seed)
     counts = {}
     with atomic_directory(out_dir) as tmp:
         for split in SPLITS:

@@ -29,74 +29,140 @@ def rows_per_chunk(row_shape: Sequence[int], dtype: str, target_bytes: int = CHU
 
 
 class FeatureWriter:
-    """Write a features file at a temporary path beside ``path``; rename it into place only once complete.
+    """Write a features file at a temporary path beside ``path``, resumably; rename it into place when complete.
 
-    Use as a context manager: on a clean exit ``complete`` is set and the file is renamed to ``path``; on an
-    error the final path is untouched.
+    Rows are written in manifest order, skipping images that could not be decoded. After every batch the data,
+    then the ``/progress`` dataset ``[manifest position, rows written]`` are written and the file is flushed, so
+    a process killed at any point leaves a temporary file that a new writer with the same ``resume_key`` (the
+    config hash and the manifest hash) continues from. A different key discards the old work, with a log line.
+    Uncompressed datasets are allocated in full up front, so later writes change no HDF5 metadata.
+
+    Use as a context manager: on a clean exit the datasets are trimmed to the rows written, ``complete`` is set
+    and the file is renamed to ``path``; after an error the temporary file stays for the next run to resume.
     """
 
     def __init__(
         self,
         path: str | Path,
         *,
-        paths: Sequence[str],
-        labels: np.ndarray,
-        splits: Sequence[str],
+        capacity: int,
         layers: Mapping[str, tuple[tuple[int, ...], str]],
         attrs: Mapping[str, Any],
+        resume_key: str,
+        compression: str | None = None,
     ):
         self.path = Path(path)
         self.tmp = temporary_sibling(self.path)
-        self.n_rows = len(paths)
-        if self.n_rows == 0:
+        if capacity == 0:
             raise ConfigError(f"no images to extract into {self.path}")
-        if not len(labels) == len(splits) == self.n_rows:
-            raise ValueError(f"paths, labels and splits must be row-aligned: {self.n_rows}, {len(labels)}, {len(splits)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.tmp, "w")
-        try:
-            self._create(paths, labels, splits, layers, attrs)
-        except BaseException:
-            self.file.close()
-            self.tmp.unlink(missing_ok=True)
-            raise
+        self.file = self._resume(resume_key)
+        if self.file is None:
+            self.file = h5py.File(self.tmp, "w")
+            try:
+                self._create(capacity, layers, attrs, resume_key, compression)
+            except BaseException:
+                self.file.close()
+                self.tmp.unlink(missing_ok=True)
+                raise
+        self.position, self.rows = (int(v) for v in self.file["progress"][()])
 
-    def _create(self, paths, labels, splits, layers, attrs) -> None:
+    def _resume(self, resume_key: str) -> h5py.File | None:
+        """Open the temporary file of an interrupted run with the same key, or remove it and return None."""
+        if not self.tmp.exists():
+            return None
+        try:
+            f = h5py.File(self.tmp, "r+")
+        except OSError as error:
+            log.warning("discarding unreadable partial file %s (%s); starting again", self.tmp, error)
+            self.tmp.unlink()
+            return None
+        if f.attrs.get("resume_key") == resume_key and "progress" in f:
+            position, rows = f["progress"][()]
+            log.info("resuming %s: %d images done, %d rows written", self.path, position, rows)
+            return f
+        f.close()
+        log.warning("discarding partial work in %s: the config or the image list changed", self.tmp)
+        self.tmp.unlink()
+        return None
+
+    def _create(self, capacity, layers, attrs, resume_key, compression) -> None:
         f = self.file
         structured = [key for key, value in attrs.items() if isinstance(value, (dict, list, tuple))]
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if key in structured else value
         f.attrs["json_attrs"] = json.dumps(structured)
+        f.attrs["resume_key"] = resume_key
         f.attrs["complete"] = False
-        f.attrs["n_rows"] = self.n_rows
-        f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING, track_times=False)
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64), track_times=False)
-        f.create_dataset("split", data=np.asarray(splits, dtype=object), dtype=STRING, track_times=False)
-        group = f.create_group("features")
-        for name, (row_shape, dtype) in layers.items():
-            chunk = (min(rows_per_chunk(row_shape, dtype), max(self.n_rows, 1)), *row_shape)
-            group.create_dataset(
-                name, shape=(self.n_rows, *row_shape), dtype=dtype, chunks=chunk, track_times=False
+
+        def create(name, row_shape, dtype, chunk_rows):
+            dcpl = None
+            if compression is None:
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            f.create_dataset(
+                name, shape=(capacity, *row_shape), maxshape=(None, *row_shape), dtype=dtype,
+                chunks=(min(chunk_rows, capacity), *row_shape), compression=compression, dcpl=dcpl, track_times=False,
             )
 
-    def write(self, start: int, features: Mapping[str, np.ndarray]) -> None:
-        """Write one batch of rows starting at ``start`` for every layer."""
-        for name, values in features.items():
-            dataset = self.file["features"][name]
-            dataset[start : start + len(values)] = values.astype(dataset.dtype, copy=False)
+        create("paths", (), STRING, 4096)
+        create("labels", (), np.int64, 4096)
+        create("split", (), STRING, 4096)
+        for name, (row_shape, dtype) in layers.items():
+            create(f"features/{name}", row_shape, dtype, rows_per_chunk(row_shape, dtype))
+        for name in ("skipped/path", "skipped/reason"):
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=STRING, chunks=(256,), track_times=False)
+        f.create_dataset("progress", data=np.zeros(2, dtype=np.int64), track_times=False)
+        f.flush()
+
+    def write(
+        self,
+        position: int,
+        features: Mapping[str, np.ndarray],
+        paths: Sequence[str],
+        labels: np.ndarray,
+        splits: Sequence[str],
+        skipped: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Append one batch of rows, record skipped files, then mark ``position`` images as done, durably."""
+        f, start, stop = self.file, self.rows, self.rows + len(paths)
+        if len(paths):
+            for name, values in features.items():
+                dataset = f["features"][name]
+                dataset[start:stop] = values.astype(dataset.dtype, copy=False)
+            f["paths"][start:stop] = np.asarray(paths, dtype=object)
+            f["labels"][start:stop] = labels
+            f["split"][start:stop] = np.asarray(splits, dtype=object)
+        if skipped:
+            done = f["skipped/path"].shape[0]
+            for name, column in zip(("path", "reason"), zip(*skipped)):
+                dataset = f["skipped"][name]
+                dataset.resize((done + len(skipped),))
+                dataset[done:] = np.asarray(column, dtype=object)
+        f["progress"][:] = (position, stop)
+        f.flush()
+        self.position, self.rows = position, stop
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every file skipped so far, including before a resume."""
+        return list(zip(self.file["skipped/path"].asstr()[()], self.file["skipped/reason"].asstr()[()]))
 
     def __enter__(self) -> FeatureWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.file.attrs["complete"] = True
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-            log.info("wrote %s (%d rows)", self.path, self.n_rows)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        if exc_type is not None:
+            self.file.close()
+            log.info("partial work kept in %s; the same command resumes it", self.tmp)
+            return
+        f = self.file
+        for name in ("paths", "labels", "split", *(f"features/{layer}" for layer in f["features"])):
+            f[name].resize(self.rows, axis=0)
+        f.attrs["n_rows"] = self.rows
+        f.attrs["complete"] = True
+        f.close()
+        os.replace(self.tmp, self.path)
+        log.info("wrote %s (%d rows)", self.path, self.rows)
 
 
 @dataclass(frozen=True)
@@ -136,10 +202,35 @@ def load_split(path: str | Path, layer: str, split: str, flatten: bool = False) 
     """Read one layer's rows of one split (``train``, ``val`` or ``test``) into memory; ``flatten`` gives 2-D X."""
     with open_features(path) as f:
         check_one_of("layer", layer, list(f["features"]))
-        splits = f["split"].asstr()[()]
-        check_one_of("split", split, sorted(set(splits)))
-        rows = np.flatnonzero(splits == split)
-        contiguous = rows[-1] - rows[0] + 1 == rows.size
-        selection = slice(rows[0], rows[-1] + 1) if contiguous else rows
+        selection = split_rows(f, split)
         X = f["features"][layer][selection]
         return Split(X=X.reshape(len(X), -1) if flatten else X, y=f["labels"][selection])
+
+
+def split_rows(f: h5py.File, split: str | None) -> np.ndarray | slice:
+    """Row selection for ``split`` (None: every row), as a slice when the rows are contiguous."""
+    if split is None:
+        return slice(None)
+    splits = f["split"].asstr()[()]
+    check_one_of("split", split, sorted(set(splits)))
+    rows = np.flatnonzero(splits == split)
+    return slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == rows.size else rows
+
+
+def load_dask(path: str | Path, layer: str, split: str | None = None, chunk_bytes: int = 64 << 20):
+    """One layer (and optionally one split) as a lazy dask array, plus its labels as numpy.
+
+    Dask chunks span whole rows and a whole number of HDF5 chunks (about ``chunk_bytes`` each), so every
+    dask task reads complete HDF5 chunks. The file stays open as long as the array is referenced.
+    """
+    import dask.array as da
+
+    f = open_features(path)
+    check_one_of("layer", layer, list(f["features"]))
+    dataset = f["features"][layer]
+    row_bytes = max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64)))
+    per_chunk = dataset.chunks[0]
+    rows = max(per_chunk, (chunk_bytes // row_bytes) // per_chunk * per_chunk)
+    array = da.from_array(dataset, chunks=(rows, *dataset.shape[1:]), lock=True)
+    selection = split_rows(f, split)
+    return array[selection], f["labels"][selection]

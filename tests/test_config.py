@@ -183,7 +183,10 @@ def test_extract_section_pooling_default_is_checked_for_each_layer():
 
 
 def test_extract_unknown_key_lists_the_allowed_keys():
-    allowed = "['backbone', 'batch_size', 'dtype', 'input_size', 'interpolation', 'layers', 'pooling', 'weights']"
+    allowed = (
+        "['backbone', 'batch_size', 'compression', 'dtype', 'input_size', 'interpolation', 'layers', "
+        "'mixed_precision', 'on_error', 'pooling', 'preprocessing', 'split', 'weights', 'xla']"
+    )
     with pytest.raises(ConfigError) as error:
         ExtractConfig.from_params(extract(batchsize=8))
     assert "unknown key extract.batchsize; did you mean 'batch_size'?" in str(error.value)
@@ -221,11 +224,13 @@ def test_extract_weights_may_be_null():
     assert ExtractConfig.from_params(extract(weights=None)).weights is None
 
 
-def test_feature_identity_excludes_batch_size_and_is_json_data():
+def test_feature_identity_excludes_what_does_not_change_values_and_is_json_data():
     config = ExtractConfig.from_params(extract(input_size=[64, 64], batch_size=8, layers={"a": {"pooling": "max"}}))
     identity = config.feature_identity()
-    assert "batch_size" not in identity
-    assert set(identity) == {"backbone", "weights", "input_size", "interpolation", "layers"}
+    assert not {"batch_size", "compression", "on_error", "split"} & set(identity)
+    assert set(identity) == {
+        "backbone", "weights", "input_size", "interpolation", "preprocessing", "layers", "mixed_precision", "xla"
+    }
     assert identity["layers"] == ({"name": "a", "pooling": "max", "dtype": "float32"},)
     json.dumps(identity)
 
@@ -299,3 +304,17 @@ def test_classifier_config_params_are_copied():
     config = ClassifierConfig.from_params({"x": {"estimator": "e", "layer": "l", "params": params}}, "x")
     params["C"] = 2.0
     assert config.params == {"C": 1.0}
+
+
+def test_extract_options_for_writing_and_errors_are_checked():
+    config = ExtractConfig.from_params(extract(compression="gzip", on_error="fail", split={"val_fraction": 0.2}))
+    assert (config.compression, config.on_error, config.split.val_fraction, config.split.seed) == ("gzip", "fail", 0.2, 0)
+    assert ExtractConfig.from_params(extract()).batch_size == "auto"
+    with pytest.raises(ConfigError, match=re.escape("extract.on_error must be one of ['fail', 'skip']. Received: extract.on_error='ignore'")):
+        ExtractConfig.from_params(extract(on_error="ignore"))
+    with pytest.raises(ConfigError, match=re.escape("extract.compression must be one of ['gzip', 'lzf']")):
+        ExtractConfig.from_params(extract(compression="zip"))
+    with pytest.raises(ConfigError, match=re.escape("unknown key extract.split.seeds; did you mean 'seed'?")):
+        ExtractConfig.from_params(extract(split={"seeds": 1}))
+    with pytest.raises(ConfigError, match=re.escape("extract.xla must be true or false. Received: 'yes'")):
+        ExtractConfig.from_params(extract(xla="yes"))

@@ -1,4 +1,4 @@
-"""Tests for pipeline.dataset: read_split_folders turns <split>/<class>/ folders into a row-aligned manifest."""
+"""Tests for pipeline.dataset: split folders, class folders, flat folders and CSV files become one manifest."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.dataset import IMAGE_EXTENSIONS, read_split_folders
+from pipeline.config import SplitConfig
+from pipeline.dataset import (
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    UNLABELLED,
+    read_csv,
+    read_folder,
+    read_images,
+    read_split_folders,
+    split_indices,
+)
 from pipeline.validation import ConfigError
 
 
@@ -23,6 +33,18 @@ def make_tree(root, *files):
         else:
             path.write_text("not an image")
     return root
+
+
+def write_csv(path, *lines):
+    """Write ``lines`` as a text file (one per line) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def class_tree(root, counts, suffix=".png"):
+    """``counts[name]`` images per class folder ``name`` under ``root``."""
+    return make_tree(root, *(f"{name}/{i:02d}{suffix}" for name, n in counts.items() for i in range(n)))
 
 
 def test_digits_manifest_is_row_aligned_and_relative_to_root(manifest, digits_dir):
@@ -110,3 +132,297 @@ def test_symlink_within_the_root_is_read(tmp_path):
     (root / "train" / "b").mkdir()
     (root / "train" / "b" / "1.png").symlink_to(root / "train" / "a" / "1.png")
     assert read_split_folders(root).paths == ("train/a/1.png", "train/b/1.png")
+
+
+# split_indices: the one stratified, seeded split (also used by pipeline.prepare)
+
+
+def test_split_indices_are_disjoint_sorted_complete_and_stratified():
+    labels = np.repeat(np.arange(4), 20)
+    splits = split_indices(labels, val_fraction=0.25, test_fraction=0.25, seed=3)
+    assert sorted(splits) == sorted(SPLITS)
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(80))
+    for split, rows in splits.items():
+        assert (np.diff(rows) > 0).all(), f"{split} not sorted"
+    assert np.bincount(labels[splits["train"]]).tolist() == [10] * 4
+    assert np.bincount(labels[splits["val"]]).tolist() == [5] * 4
+    assert np.bincount(labels[splits["test"]]).tolist() == [5] * 4
+
+
+def test_split_indices_depend_only_on_the_seed():
+    labels = np.repeat(np.arange(3), 10)
+    first = split_indices(labels, 0.15, 0.15, 5)
+    assert all(np.array_equal(first[s], split_indices(labels, 0.15, 0.15, 5)[s]) for s in SPLITS)
+    assert not np.array_equal(first["test"], split_indices(labels, 0.15, 0.15, 6)["test"])
+
+
+def test_split_indices_refuse_too_few_images_saying_so():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    message = "cannot split 6 images of 3 classes with val_fraction=0.2 and test_fraction=0.2: too few images"
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        split_indices(labels, 0.2, 0.2, 0)
+    assert "the smallest class has 1 image(s)" in str(error.value)
+
+
+# read_images on folders
+
+
+def test_folder_with_split_folders_is_read_as_split_folders(tmp_path):
+    root = make_tree(tmp_path, "train/b/1.png", "train/a/1.png", "test/a/2.png")
+    manifest, direct = read_images(root), read_split_folders(root)
+    assert manifest.paths == direct.paths and manifest.splits == direct.splits
+    assert manifest.labels.tolist() == direct.labels.tolist() and manifest.class_names == direct.class_names
+    assert manifest.paths == ("train/a/1.png", "train/b/1.png", "test/a/2.png")
+    assert manifest.splits == ("train", "train", "test")
+
+
+def test_folder_with_val_but_no_train_folder_says_train_is_missing(tmp_path):
+    root = make_tree(tmp_path, "val/a/1.png", "test/a/1.png")
+    with pytest.raises(ConfigError, match=re.escape("(at least 'train')")):
+        read_images(root)
+
+
+def test_class_folders_give_sorted_rows_and_a_stratified_split(tmp_path):
+    root = class_tree(tmp_path / "images", {"dog": 10, "cat": 10, "bird": 10})
+    manifest = read_images(root, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1))
+    assert manifest.root == root
+    assert manifest.class_names == ("bird", "cat", "dog")
+    assert manifest.paths == tuple(sorted(manifest.paths)) and len(manifest) == 30
+    assert manifest.paths[:2] == ("bird/00.png", "bird/01.png") and manifest.paths[-1] == "dog/09.png"
+    assert manifest.labels.dtype == np.int64
+    for i, path in enumerate(manifest.paths):
+        assert path.split("/")[0] == manifest.class_names[manifest.labels[i]]
+        assert manifest.absolute(i).is_file()
+    splits = np.asarray(manifest.splits)
+    for label in range(3):
+        counts = [int(np.sum((manifest.labels == label) & (splits == s))) for s in SPLITS]
+        assert counts == [6, 2, 2], f"class {manifest.class_names[label]}: {counts}"
+
+
+def test_class_folder_split_is_seeded_and_independent_of_creation_order(tmp_path):
+    counts = {"b": 8, "a": 8}
+    first = class_tree(tmp_path / "first", counts)
+    names = [f"{name}/{i:02d}.png" for name, n in counts.items() for i in range(n)]
+    second = make_tree(tmp_path / "second", *reversed(names))  # files created in the opposite order
+    config = SplitConfig(seed=4)
+    one, two = read_images(first, split=config), read_images(second, split=config)
+    assert (one.paths, one.labels.tolist(), one.splits) == (two.paths, two.labels.tolist(), two.splits)
+    other = read_images(first, split=SplitConfig(seed=5))
+    assert other.paths == one.paths and other.splits != one.splits
+
+
+def test_class_folders_read_nested_images_and_report_the_rest(tmp_path, caplog):
+    root = make_tree(
+        tmp_path, "a/1.png", "a/deep/2.jpg", "a/notes.txt", "a/.hidden.png", "b/1.png", "b/2.png", "a/3.png",
+        "b/3.png", "loose.png", ".git/x.png", "empty/readme.md",
+    )
+    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+        manifest = read_folder(root, SplitConfig(val_fraction=0.3, test_fraction=0.3))
+    assert manifest.class_names == ("a", "b")
+    assert manifest.paths == ("a/1.png", "a/3.png", "a/deep/2.jpg", "b/1.png", "b/2.png", "b/3.png")
+    assert manifest.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    warnings = " | ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "notes.txt" in warnings and "loose.png" in warnings and f"ignored {root / 'empty'}" in warnings
+    assert ".hidden" not in warnings and ".git" not in warnings
+
+
+def test_class_folders_with_too_few_images_are_refused_naming_the_folder(tmp_path):
+    root = class_tree(tmp_path, {"a": 1, "b": 4})
+    with pytest.raises(ConfigError, match="too few images for a stratified split") as error:
+        read_images(root)
+    assert f"{root} has no train/val/test split of its own" in str(error.value)
+    assert "extract.split.val_fraction" in str(error.value)
+
+
+def test_class_folder_symlink_escaping_the_root_is_refused(tmp_path):
+    outside = make_tree(tmp_path, "outside/secret.png") / "outside"
+    root = class_tree(tmp_path / "images", {"a": 3})
+    (root / "b").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ConfigError, match=re.escape(f"outside the image root {root}")):
+        read_images(root)
+
+
+def test_flat_folder_is_unlabelled(tmp_path, caplog):
+    root = make_tree(tmp_path / "photos", "z.png", "a.JPG", "m.webp", "notes.txt", ".thumb.png")
+    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+        manifest = read_images(root)
+    assert manifest.paths == ("a.JPG", "m.webp", "z.png")
+    assert manifest.labels.tolist() == [-1, -1, -1] and manifest.labels.dtype == np.int64
+    assert manifest.class_names == ()
+    assert manifest.splits == (UNLABELLED,) * 3 == ("unlabelled",) * 3
+    assert any("notes.txt" in r.getMessage() for r in caplog.records)
+
+
+def test_folder_without_images_is_refused_naming_the_layouts(tmp_path):
+    root = make_tree(tmp_path / "images", "readme.md", "sub/notes.txt")
+    message = f"no images with extensions {list(IMAGE_EXTENSIONS)} found in {root}: expected split folders"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_images(root)
+
+
+def test_missing_source_and_non_csv_file_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(f"image folder not found: {tmp_path / 'nope'}")):
+        read_images(tmp_path / "nope")
+    with pytest.raises(ConfigError, match=re.escape(f"CSV manifest not found: {tmp_path / 'nope.csv'}")):
+        read_images(tmp_path / "nope.csv")
+    make_tree(tmp_path, "list.txt")
+    with pytest.raises(ConfigError, match=re.escape("must be a folder or a .csv file. Received: source=")):
+        read_images(tmp_path / "list.txt")
+
+
+def test_image_root_with_a_folder_source_is_refused(tmp_path):
+    root = class_tree(tmp_path / "images", {"a": 5})
+    with pytest.raises(ConfigError, match=re.escape("image_root applies to a .csv source only")):
+        read_images(root, image_root=tmp_path)
+
+
+# read_images on CSV files
+
+
+def test_csv_without_split_keeps_file_order_sorted_class_names_and_a_stratified_split(tmp_path):
+    names = [f"img/{i:02d}.png" for i in range(20)]
+    root = make_tree(tmp_path, *names)
+    rows = [f"{name},{'zebra' if i % 2 else 'apple'}" for i, name in enumerate(reversed(names))]
+    source = write_csv(tmp_path / "train.csv", "filename,label", *rows)
+    manifest = read_images(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
+    assert manifest.root == root
+    assert manifest.paths == tuple(reversed(names))
+    assert manifest.class_names == ("apple", "zebra")
+    assert manifest.labels.tolist() == [i % 2 for i in range(20)] and manifest.labels.dtype == np.int64
+    splits = np.asarray(manifest.splits)
+    for label in (0, 1):
+        assert [int(np.sum((manifest.labels == label) & (splits == s))) for s in SPLITS] == [6, 2, 2]
+    again = read_images(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
+    assert again.splits == manifest.splits
+
+
+def test_csv_split_column_is_used_as_given_and_columns_may_come_in_any_order(tmp_path):
+    make_tree(tmp_path / "pics", "a.png", "b.png", "c.png", "d.png")
+    source = write_csv(
+        tmp_path / "meta" / "list.csv", "split, label, filename", "val, 2, a.png", "train, 10, b.png",
+        "test, 2, c.png", "", "train, 2, d.png",
+    )
+    manifest = read_images(source, image_root=tmp_path / "pics")
+    assert manifest.root == tmp_path / "pics"
+    assert manifest.paths == ("a.png", "b.png", "c.png", "d.png")
+    assert manifest.splits == ("val", "train", "test", "train")
+    assert manifest.class_names == ("10", "2")
+    assert manifest.labels.tolist() == [1, 0, 1, 1]
+
+
+def test_csv_without_label_column_is_unlabelled(tmp_path):
+    make_tree(tmp_path, "x/2.png", "x/1.png")
+    source = write_csv(tmp_path / "predict.csv", "filename", "x/2.png", "./x/1.png")
+    manifest = read_csv(source)
+    assert manifest.paths == ("x/2.png", "x/1.png")
+    assert manifest.labels.tolist() == [-1, -1]
+    assert manifest.class_names == () and manifest.splits == (UNLABELLED, UNLABELLED)
+
+
+def test_csv_with_byte_order_mark_and_quoted_commas_is_read(tmp_path):
+    make_tree(tmp_path, "a, b.png", "c.png")
+    source = tmp_path / "excel.csv"
+    source.write_text('\ufefffilename,label,split\n"a, b.png",x,train\nc.png,"y, z",val\n', encoding="utf-8")
+    manifest = read_images(source)
+    assert manifest.paths == ("a, b.png", "c.png")
+    assert manifest.class_names == ("x", "y, z")
+
+
+def test_csv_bad_split_value_names_the_line_and_the_allowed_values(tmp_path):
+    make_tree(tmp_path, "a.png", "b.png")
+    source = write_csv(tmp_path / "m.csv", "filename,label,split", "a.png,cat,train", "b.png,cat,training")
+    message = f"{source}, line 3: split must be one of ['test', 'train', 'val']. Received: split='training'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_images(source)
+
+
+def test_csv_unknown_column_lists_the_allowed_columns(tmp_path):
+    make_tree(tmp_path, "a.png")
+    source = write_csv(tmp_path / "m.csv", "filename,labels", "a.png,cat")
+    message = (
+        "unknown column 'labels' in the header (line 1); did you mean 'label'? "
+        "Columns must be among ['filename', 'label', 'split']"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_images(source)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("label,split", "must name a 'filename' column"),
+        ("filename,label,filename", "repeats column(s) ['filename']"),
+        ("filename,split", "a 'split' column needs a 'label' column"),
+    ],
+)
+def test_csv_header_problems_are_named(tmp_path, header, message):
+    make_tree(tmp_path, "a.png")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_images(write_csv(tmp_path / "m.csv", header, "a.png,train,x"))
+
+
+def test_csv_without_rows_or_train_rows_is_refused(tmp_path):
+    make_tree(tmp_path, "a.png")
+    with pytest.raises(ConfigError, match="lists no images below its header"):
+        read_images(write_csv(tmp_path / "empty.csv", "filename,label", ""))
+    with pytest.raises(ConfigError, match=re.escape("no row has split 'train'; splits found: ['val']")):
+        read_images(write_csv(tmp_path / "val.csv", "filename,label,split", "a.png,cat,val"))
+
+
+@pytest.mark.parametrize(
+    ("row", "line", "message"),
+    [
+        ("/etc/passwd,cat", 3, "filename '/etc/passwd' is an absolute path"),
+        ("C:\\images\\a.png,cat", 3, "filename 'C:\\\\images\\\\a.png' is an absolute path"),
+        ("../outside/secret.png,cat", 3, "filename '../outside/secret.png' contains '..'"),
+        ("sub/../../outside/secret.png,cat", 3, "filename 'sub/../../outside/secret.png' contains '..'"),
+        ("escape.png,cat", 3, "filename 'escape.png' resolves to"),
+        ("linked/secret.png,cat", 3, "filename 'linked/secret.png' resolves to"),
+        ("missing.png,cat", 3, "filename 'missing.png' not found"),
+        ("sub,cat", 3, "filename 'sub' is a folder, not an image file"),
+        (",cat", 3, "empty filename"),
+        ("sub/b.png,", 3, "empty label for 'sub/b.png'"),
+        ("sub/b.png", 3, "expected 2 fields ['filename', 'label'], found 1"),
+    ],
+)
+def test_csv_row_problems_name_the_line_and_the_value(tmp_path, row, line, message):
+    root = make_tree(tmp_path / "images", "a.png", "sub/b.png")
+    outside = make_tree(tmp_path, "outside/secret.png") / "outside"
+    (root / "escape.png").symlink_to(outside / "secret.png")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    source = write_csv(root / "m.csv", "filename,label", "a.png,cat", row, "sub/b.png,dog")
+    with pytest.raises(ConfigError, match=re.escape(f"{source}, line {line}: {message}")) as error:
+        read_images(source)
+    if "resolves to" in message:
+        assert f"{outside / 'secret.png'}, outside the image root {root}" in str(error.value)
+
+
+def test_csv_line_numbers_count_blank_lines(tmp_path):
+    make_tree(tmp_path, "a.png")
+    source = write_csv(tmp_path / "m.csv", "filename,label", "", "a.png,cat", "", "", "../x.png,cat")
+    with pytest.raises(ConfigError, match=re.escape(f"{source}, line 6: filename '../x.png' contains '..'")):
+        read_images(source)
+
+
+def test_csv_duplicate_filenames_name_both_lines(tmp_path):
+    make_tree(tmp_path, "a.png", "b.png")
+    source = write_csv(tmp_path / "m.csv", "filename,label", "a.png,cat", "b.png,dog", "./a.png,dog")
+    with pytest.raises(ConfigError, match=re.escape(f"{source}: lines 2 and 4 both name the image 'a.png'")):
+        read_images(source)
+
+
+def test_csv_symlink_inside_the_root_is_accepted(tmp_path):
+    root = make_tree(tmp_path / "images", "real/a.png")
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)
+    source = write_csv(tmp_path / "m.csv", "filename", "alias/a.png", "real/a.png")
+    manifest = read_images(source, image_root=root)
+    assert manifest.paths == ("alias/a.png", "real/a.png")
+    assert manifest.absolute(0).resolve() == manifest.absolute(1).resolve()
+
+
+def test_csv_missing_file_or_image_root_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(f"CSV manifest not found: {tmp_path / 'm.csv'}")):
+        read_csv(tmp_path / "m.csv")
+    source = write_csv(tmp_path / "m.csv", "filename", "a.png")
+    with pytest.raises(ConfigError, match=re.escape(f"image_root of {source} must be an existing folder")):
+        read_images(source, image_root=tmp_path / "nope")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+import logging
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import h5py
 import keras
@@ -13,11 +19,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline.accelerate import Compute
 from pipeline.atomic import temporary_sibling
-from pipeline.config import ExtractConfig, LayerSpec
-from pipeline.dataset import Manifest
-from pipeline.extract import extract_features, pool, provenance
+from pipeline.config import ExtractConfig, LayerSpec, PrepareConfig
+from pipeline.dataset import Manifest, read_images
+from pipeline.extract import extract_features, pool, provenance, skipped_report_path
 from pipeline.images import ImageDecodeError
+from pipeline.prepare import prepare_digits
 from pipeline.validation import ConfigError
 from pipeline.weights import SOURCE
 
@@ -101,9 +109,10 @@ def test_config_hash_tracks_feature_settings_not_batch_size(features_file, extra
     same = dataclasses.replace(extract_config, batch_size=5)
     resized = dataclasses.replace(extract_config, interpolation="bicubic")
     pooled = dataclasses.replace(extract_config, layers=(LayerSpec("conv_pw_5_relu", "max"),) + extract_config.layers[1:])
-    assert provenance(same, mobilenet, manifest)["config_hash"] == stored
-    assert provenance(resized, mobilenet, manifest)["config_hash"] != stored
-    assert provenance(pooled, mobilenet, manifest)["config_hash"] != stored
+    cpu = Compute(gpus=0, batch_size=5, mixed_precision=False, xla=False)
+    assert provenance(same, mobilenet, manifest, cpu)["config_hash"] == stored
+    assert provenance(resized, mobilenet, manifest, cpu)["config_hash"] != stored
+    assert provenance(pooled, mobilenet, manifest, cpu)["config_hash"] != stored
 
 
 def test_batch_size_does_not_change_features(features_file, manifest, extract_config, tmp_path):
@@ -126,8 +135,10 @@ def test_pool_keeps_or_reduces_spatial_axes():
     np.testing.assert_array_equal(pool(flat, "avg"), flat)
 
 
-def small_config(*layers: str, batch_size: int = 4) -> ExtractConfig:
-    return ExtractConfig(input_size=(32, 32), layers=tuple(LayerSpec(n) for n in layers), batch_size=batch_size)
+def small_config(*layers: str, batch_size: int = 4, on_error: str = "fail") -> ExtractConfig:
+    return ExtractConfig(
+        input_size=(32, 32), layers=tuple(LayerSpec(n) for n in layers), batch_size=batch_size, on_error=on_error
+    )
 
 
 def make_manifest(root, digits_dir, manifest, n_good: int, broken: str | None) -> Manifest:
@@ -154,13 +165,13 @@ def test_unknown_layer_fails_before_reading_images(tmp_path, digits_dir, manifes
     assert not temporary_sibling(out).exists()
 
 
-def test_decode_error_mid_run_leaves_no_file(tmp_path, digits_dir, manifest):
+def test_on_error_fail_stops_at_the_bad_file_and_leaves_no_final_file(tmp_path, digits_dir, manifest):
     bad = make_manifest(tmp_path / "images", digits_dir, manifest, 21, "train/0/zz_broken.png")
     out = tmp_path / "out" / "features.h5"
     with pytest.raises(ImageDecodeError, match=r"cannot decode image .*zz_broken\.png"):
         extract_features(bad, small_config("conv_pw_1_relu", batch_size=4), out)
     assert not out.exists()
-    assert not temporary_sibling(out).exists()
+    assert temporary_sibling(out).exists()  # the 20 good rows before it are kept for a resumed run
 
 
 def test_decode_error_leaves_a_previous_file_untouched(tmp_path, digits_dir, manifest):
@@ -170,3 +181,133 @@ def test_decode_error_leaves_a_previous_file_untouched(tmp_path, digits_dir, man
     with pytest.raises(ImageDecodeError, match="zz_broken"):
         extract_features(bad, small_config("conv_pw_1_relu", batch_size=2), out)
     assert out.read_bytes() == b"previous complete file"
+
+
+def test_on_error_skip_drops_bad_rows_and_reports_them(tmp_path, digits_dir, manifest):
+    bad = make_manifest(tmp_path / "images", digits_dir, manifest, 9, "train/0/zz_broken.png")
+    out = tmp_path / "features.h5"
+    extract_features(bad, small_config("conv_pw_1_relu", batch_size=4, on_error="skip"), out)
+    with h5py.File(out, "r") as f:
+        assert f["features/conv_pw_1_relu"].shape[0] == f["paths"].shape[0] == 9
+        assert "train/0/zz_broken.png" not in f["paths"].asstr()[()].tolist()
+        assert f.attrs["n_rows"] == 9
+    with skipped_report_path(out).open() as report:
+        rows = list(csv.DictReader(report))
+    assert [row["path"] for row in rows] == ["train/0/zz_broken.png"]
+    assert "not an image" in rows[0]["reason"]
+
+
+def test_gpu_options_are_logged_no_ops_on_cpu(tmp_path, manifest, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.accelerate")
+    config = dataclasses.replace(small_config("conv_pw_1_relu"), mixed_precision=True, xla=True)
+    out = extract_features(manifest, config, tmp_path / "f.h5")
+    assert "mixed_precision applies only on a GPU" in caplog.text and "xla applies only on a GPU" in caplog.text
+    with h5py.File(out, "r") as f:
+        assert not f.attrs["mixed_precision"] and not f.attrs["xla"]
+        assert f["features/conv_pw_1_relu"].dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def many_digits(tmp_path_factory):
+    """All 1,797 digits, enough for an extraction that can be killed half way."""
+    root = tmp_path_factory.mktemp("many") / "images"
+    prepare_digits(root, PrepareConfig(image_size=16))
+    return root
+
+
+def cli_extract(images, out, *, kill_after: int | None = None) -> str:
+    """Run `python -m pipeline extract`; with ``kill_after``, SIGKILL it once its progress bar passes that count."""
+    args = [sys.executable, "-m", "pipeline", "extract", "--images", str(images), "--out", str(out),
+            "--params", "no-params.yaml", "--layers", "conv_pw_5_relu", "--input-size", "64", "64", "--batch-size", "16"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    log = b""
+    while chunk := os.read(process.stderr.fileno(), 4096):
+        log += chunk
+        done = [int(n) for n in re.findall(rb"(\d+)/1797 \[", log)]
+        if kill_after is not None and done and done[-1] >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    if kill_after is None:
+        assert process.returncode == 0, log.decode()[-2000:]
+    else:
+        assert process.returncode == -signal.SIGKILL
+    return log.decode()
+
+
+def test_killed_extraction_resumes_and_equals_an_uninterrupted_run(many_digits, tmp_path):
+    out = tmp_path / "resumed.h5"
+    cli_extract(many_digits, out, kill_after=600)
+    assert not out.exists() and temporary_sibling(out).exists()
+    log = cli_extract(many_digits, out)
+    done = int(re.search(r"resuming .*: (\d+) images done", log).group(1))
+    assert 600 <= done < 1797
+    reference = tmp_path / "reference.h5"
+    cli_extract(many_digits, reference)
+    with h5py.File(out, "r") as a, h5py.File(reference, "r") as b:
+        np.testing.assert_array_equal(a["features/conv_pw_5_relu"][()], b["features/conv_pw_5_relu"][()])
+        assert a["paths"].asstr()[()].tolist() == b["paths"].asstr()[()].tolist()
+        assert a.attrs["config_hash"] == b.attrs["config_hash"] and a.attrs["n_rows"] == 1797
+
+
+def test_a_changed_config_discards_the_partial_work(many_digits, tmp_path, caplog):
+    out = tmp_path / "f.h5"
+    cli_extract(many_digits, out, kill_after=100)
+    manifest = read_images(many_digits)
+    extract_features(manifest, small_config("conv_pw_1_relu", batch_size=64), out)
+    assert "discarding partial work" in caplog.text
+    with h5py.File(out, "r") as f:
+        assert list(f["features"]) == ["conv_pw_1_relu"] and f.attrs["n_rows"] == 1797
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Four real photos from scikit-image as JPEG files of different sizes, in an unlabelled folder."""
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(data, name)()).save(root / f"{name}.jpg", quality=90)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("backbone", "weights", "size", "layers"),
+    [
+        # genuine ImageNet weights
+        ("mobilenet", "imagenet", (96, 96), {"conv_pw_3_relu": "none", "conv_pw_13_relu": "avg"}),
+        # random weights (NOT pretrained): the equality holds whatever the weights, and VGG16 has no offline ImageNet copy
+        ("vgg16", None, (64, 64), {"block3_pool": "none", "block5_pool": "avg"}),
+    ],
+)
+def test_photos_match_keras_reference_for_two_backbones(photos, tmp_path, backbone, weights, size, layers):
+    from pipeline.backbone import load_backbone
+
+    if weights is None:  # one random draw, saved, so the pipeline and the reference use the same weights
+        weights = str(tmp_path / f"{backbone}.weights.h5")
+        load_backbone(backbone, None, size).model.save_weights(weights)
+    config = ExtractConfig(
+        backbone=backbone, weights=weights, input_size=size, batch_size=3,
+        layers=tuple(LayerSpec(name, pooling) for name, pooling in layers.items()),
+    )
+    manifest = read_images(photos)
+    out = extract_features(manifest, config, tmp_path / "f.h5")
+    model = load_backbone(backbone, weights, size).model
+    reference = keras_reference_model(model, list(layers))
+    module = {"mobilenet": keras.applications.mobilenet, "vgg16": keras.applications.vgg16}[backbone]
+    batch = np.stack([
+        keras.utils.img_to_array(keras.utils.load_img(photos / p, target_size=size, interpolation="bilinear"))
+        for p in manifest.paths
+    ])
+    expected = reference.predict_on_batch(module.preprocess_input(batch))
+    with h5py.File(out, "r") as f:
+        assert f.attrs["backbone"] == backbone and f["split"].asstr()[0] == "unlabelled"
+        for (name, pooling), values in zip(layers.items(), expected):
+            want = values.mean(axis=(1, 2)) if pooling == "avg" else values
+            np.testing.assert_allclose(f["features"][name][()], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def keras_reference_model(model, names):
+    """Keras's own multi-output model on the backbone: Model(inputs, [layer.output, ...])."""
+    return keras.Model(model.input, [model.get_layer(name).output for name in names])

@@ -10,7 +10,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline.config import PrepareConfig
-from pipeline.prepare import SPLITS, prepare_digits, render_digit, split_indices
+from pipeline.dataset import split_indices
+from pipeline.prepare import SPLITS, prepare_digits, render_digit
 from pipeline.validation import ConfigError
 
 CLASSES = [str(c) for c in range(10)]
@@ -59,11 +60,16 @@ def test_counts_add_up_and_per_class_limit_is_respected(tmp_path):
 
 
 def test_full_dataset_is_split_by_the_configured_fractions(tmp_path):
-    counts = prepare_digits(tmp_path / "images", PrepareConfig(image_size=8, val_fraction=0.2, test_fraction=0.1))
+    root = tmp_path / "images"
+    counts = prepare_digits(root, PrepareConfig(image_size=8, val_fraction=0.2, test_fraction=0.1))
     total = sum(counts.values())
     assert total == 1797
     assert counts["val"] / total == pytest.approx(0.2, abs=0.002)
     assert counts["test"] / total == pytest.approx(0.1, abs=0.002)
+    expected = split_indices(load_digits().target, val_fraction=0.2, test_fraction=0.1, seed=0)
+    for split in SPLITS:  # the files of each split are the rows pipeline.dataset.split_indices picks
+        rows = sorted(int(p.stem.removeprefix("digit_")) for p in (root / split).rglob("*.png"))
+        assert rows == expected[split].tolist(), split
 
 
 def test_same_seed_gives_identical_files_and_another_seed_another_split(tmp_path, digits_dir):
@@ -96,22 +102,13 @@ def test_failed_run_leaves_existing_output_untouched_and_no_partial_folder(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
 
-def test_split_indices_are_disjoint_sorted_complete_and_stratified():
-    labels = np.repeat(np.arange(4), 20)
-    splits = split_indices(labels, PrepareConfig(val_fraction=0.25, test_fraction=0.25, seed=3))
-    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(80))
-    for split, rows in splits.items():
-        assert (np.diff(rows) > 0).all(), f"{split} not sorted"
-    assert np.bincount(labels[splits["train"]]).tolist() == [10] * 4
-    assert np.bincount(labels[splits["val"]]).tolist() == [5] * 4
-    assert np.bincount(labels[splits["test"]]).tolist() == [5] * 4
-
-
-def test_split_indices_depend_only_on_the_seed():
-    labels = np.repeat(np.arange(3), 10)
-    first = split_indices(labels, PrepareConfig(seed=5))
-    assert all(np.array_equal(first[s], split_indices(labels, PrepareConfig(seed=5))[s]) for s in SPLITS)
-    assert not np.array_equal(first["test"], split_indices(labels, PrepareConfig(seed=6))["test"])
+def test_split_is_pinned_for_the_default_seed(digits_dir):
+    """The split prepare wrote before split_indices moved to pipeline.dataset: same seed, same files."""
+    test_rows = sorted(int(p.stem.removeprefix("digit_")) for p in (digits_dir / "test").rglob("*.png"))
+    assert test_rows == [61, 118, 155, 377, 544, 599, 778, 901, 1002, 1105, 1122, 1546, 1701, 1729, 1784]
+    assert {split: len(list((digits_dir / split).rglob("*.png"))) for split in SPLITS} == {
+        "train": 69, "val": 16, "test": 15,
+    }
 
 
 def test_render_digit_is_dark_ink_on_white_upscaled_with_nearest():

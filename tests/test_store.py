@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from pipeline.atomic import temporary_sibling
-from pipeline.store import CHUNK_BYTES, FeatureWriter, load_split, open_features, read_attrs, rows_per_chunk
+from pipeline.store import (
+    CHUNK_BYTES,
+    FeatureWriter,
+    load_dask,
+    load_split,
+    open_features,
+    read_attrs,
+    rows_per_chunk,
+)
 from pipeline.validation import ConfigError
 
 SPLITS = ["train", "val", "train", "test", "train"]  # train rows 0, 2, 4 are not contiguous
@@ -21,14 +29,18 @@ MAPS = np.linspace(0, 1, 60).reshape(5, 2, 2, 3)
 
 
 def writer(path, **overrides):
-    """A FeatureWriter for the five rows above; ``overrides`` replace its keyword arguments."""
-    kwargs = {"paths": PATHS, "labels": LABELS, "splits": SPLITS, "layers": LAYERS, "attrs": {"backbone": "mobilenet"}}
+    """A FeatureWriter with room for the five rows above; ``overrides`` replace its keyword arguments."""
+    kwargs = {"capacity": 5, "layers": LAYERS, "attrs": {"backbone": "mobilenet"}, "resume_key": "key-1"}
     return FeatureWriter(path, **{**kwargs, **overrides})
 
 
-def write_rows(w):
-    w.write(0, {"pooled": POOLED[:3], "maps": MAPS[:3]})
-    w.write(3, {"pooled": POOLED[3:], "maps": MAPS[3:]})
+def write_batch(w, start, stop, splits=SPLITS):
+    w.write(stop, {"pooled": POOLED[start:stop], "maps": MAPS[start:stop]}, PATHS[start:stop], LABELS[start:stop], splits[start:stop])
+
+
+def write_rows(w, splits=SPLITS):
+    write_batch(w, 0, 3, splits)
+    write_batch(w, 3, 5, splits)
 
 
 @pytest.fixture
@@ -64,7 +76,8 @@ def test_rows_per_chunk_is_the_most_rows_within_the_target(row_shape, dtype):
 
 def test_layout_is_row_aligned_with_chunked_feature_datasets(features):
     with h5py.File(features, "r") as f:
-        assert sorted(f) == ["features", "labels", "paths", "split"]
+        assert sorted(f) == ["features", "labels", "paths", "progress", "skipped", "split"]
+        assert f["progress"][()].tolist() == [5, 5]
         assert f["paths"].asstr()[()].tolist() == PATHS
         assert f["split"].asstr()[()].tolist() == SPLITS
         assert f["labels"].dtype == np.int64 and f["labels"][()].tolist() == LABELS.tolist()
@@ -81,7 +94,7 @@ def test_layout_is_row_aligned_with_chunked_feature_datasets(features):
 def test_chunks_hold_rows_per_chunk_rows_of_a_big_layer(tmp_path):
     n = 600
     layers = {"wide": ((1024,), "float32"), "narrow": ((3,), "float16")}
-    with writer(tmp_path / "f.h5", paths=["p"] * n, labels=np.zeros(n), splits=["train"] * n, layers=layers):
+    with writer(tmp_path / "f.h5", capacity=n, layers=layers):
         pass
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert f["features/wide"].chunks == (rows_per_chunk((1024,), "float32"), 1024) == (256, 1024)
@@ -111,13 +124,14 @@ def test_file_appears_complete_only_after_a_clean_exit(tmp_path):
         assert f.attrs["complete"] is np.True_
 
 
-def test_error_inside_the_with_leaves_no_file(tmp_path):
+def test_error_inside_the_with_leaves_no_file_at_the_final_path(tmp_path):
     path = tmp_path / "features.h5"
     with pytest.raises(RuntimeError, match="backbone failed"):
         with writer(path) as w:
-            w.write(0, {"pooled": POOLED[:3], "maps": MAPS[:3]})
+            write_batch(w, 0, 3)
             raise RuntimeError("backbone failed")
-    assert list(tmp_path.iterdir()) == []
+    assert not path.exists()
+    assert temporary_sibling(path).is_file()  # kept for the next run to resume
 
 
 def test_error_inside_the_with_keeps_the_previous_file(features):
@@ -127,7 +141,72 @@ def test_error_inside_the_with_keeps_the_previous_file(features):
             raise RuntimeError("interrupted")
     assert read_attrs(features)["backbone"] == "mobilenet"
     np.testing.assert_array_equal(load_split(features, "pooled", "train").X, before)
-    assert sorted(p.name for p in features.parent.iterdir()) == ["features.h5"]
+
+
+def test_a_new_writer_with_the_same_key_resumes_after_the_last_batch(tmp_path):
+    path = tmp_path / "features.h5"
+    with pytest.raises(RuntimeError):
+        with writer(path) as w:
+            write_batch(w, 0, 3)
+            raise RuntimeError("killed")
+    with writer(path) as w:
+        assert (w.position, w.rows) == (3, 3)
+        write_batch(w, 3, 5)
+    np.testing.assert_array_equal(load_split(path, "pooled", "train").X, POOLED[[0, 2, 4]])
+    with h5py.File(path, "r") as f:
+        assert f["paths"].asstr()[()].tolist() == PATHS
+
+
+def test_a_different_key_discards_the_partial_work(tmp_path, caplog):
+    path = tmp_path / "features.h5"
+    with pytest.raises(RuntimeError):
+        with writer(path) as w:
+            write_batch(w, 0, 3)
+            raise RuntimeError("killed")
+    with writer(path, resume_key="key-2") as w:
+        assert (w.position, w.rows) == (0, 0)
+        write_rows(w)
+    assert "discarding partial work" in caplog.text and "config or the image list changed" in caplog.text
+
+
+def test_an_unreadable_partial_file_is_discarded(tmp_path, caplog):
+    path = tmp_path / "features.h5"
+    temporary_sibling(path).write_bytes(b"half a file")
+    with writer(path) as w:
+        assert w.position == 0
+        write_rows(w)
+    assert "discarding unreadable partial file" in caplog.text
+    assert read_attrs(path)["n_rows"] == 5
+
+
+def test_skipped_rows_shrink_the_file_and_are_recorded(tmp_path):
+    path = tmp_path / "features.h5"
+    with writer(path) as w:
+        keep = [0, 1, 3]
+        w.write(
+            5, {"pooled": POOLED[keep], "maps": MAPS[keep]}, [PATHS[i] for i in keep], LABELS[keep],
+            [SPLITS[i] for i in keep], skipped=[(PATHS[2], "cannot decode image: truncated"), (PATHS[4], "empty file")],
+        )
+        assert w.skipped() == [(PATHS[2], "cannot decode image: truncated"), (PATHS[4], "empty file")]
+    with h5py.File(path, "r") as f:
+        assert f["features/pooled"].shape == (3, 6) and f["paths"].shape == (3,)
+        assert f["skipped/path"].asstr()[()].tolist() == [PATHS[2], PATHS[4]]
+        assert f.attrs["n_rows"] == 3
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compression_is_lossless(tmp_path, compression):
+    path = tmp_path / "features.h5"
+    with writer(path, compression=compression) as w:
+        write_rows(w)
+    with h5py.File(path, "r") as f:
+        assert f["features/pooled"].compression == compression
+    np.testing.assert_array_equal(load_split(path, "pooled", "train").X, POOLED[[0, 2, 4]])
+
+
+def test_no_rows_to_write_is_an_error_naming_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(f"no images to extract into {tmp_path / 'f.h5'}")):
+        writer(tmp_path / "f.h5", capacity=0)
 
 
 # --- readers --------------------------------------------------------------------------------------------------
@@ -168,8 +247,8 @@ def test_load_split_selects_that_splits_rows(features, split, rows):
 def test_load_split_of_contiguous_rows(tmp_path):
     path = tmp_path / "features.h5"
     splits = ["train", "train", "train", "val", "val"]
-    with writer(path, splits=splits) as w:
-        write_rows(w)
+    with writer(path) as w:
+        write_rows(w, splits)
     np.testing.assert_array_equal(load_split(path, "pooled", "train").X, POOLED[:3])
     np.testing.assert_array_equal(load_split(path, "pooled", "val").y, LABELS[3:])
 
@@ -199,7 +278,7 @@ def test_read_attrs_decodes_json_and_numpy_scalars(tmp_path):
     with writer(tmp_path / "f.h5", attrs=attrs):
         pass
     decoded = read_attrs(tmp_path / "f.h5")
-    assert decoded == {**attrs, "input_size": [64, 64], "complete": True, "n_rows": 5}
+    assert decoded == {**attrs, "input_size": [64, 64], "complete": True, "n_rows": 0, "resume_key": "key-1"}
     assert type(decoded["complete"]) is bool and type(decoded["n_rows"]) is int and type(decoded["scale"]) is float
 
 
@@ -209,3 +288,23 @@ def test_read_attrs_returns_plain_text_attrs_unchanged(tmp_path, text):
     with writer(tmp_path / "f.h5", attrs={"image_root": text}):
         pass
     assert read_attrs(tmp_path / "f.h5")["image_root"] == text
+
+
+@pytest.mark.parametrize(("split", "rows"), [("train", [0, 2, 4]), (None, [0, 1, 2, 3, 4])])
+def test_load_dask_is_lazy_and_equals_the_numpy_reader(features, split, rows):
+    X, y = load_dask(features, "maps", split)
+    assert X.shape == (len(rows), 2, 2, 3)
+    np.testing.assert_array_equal(X.compute(), MAPS[rows].astype(np.float16))
+    np.testing.assert_array_equal(y, LABELS[rows])
+
+
+def test_load_dask_chunks_are_whole_multiples_of_the_hdf5_chunks(tmp_path):
+    path = tmp_path / "big.h5"
+    n = 1000
+    with writer(path, capacity=n, layers={"wide": ((1024,), "float32")}) as w:
+        w.write(n, {"wide": np.ones((n, 1024), np.float32)}, ["p"] * n, np.zeros(n, int), ["train"] * n)
+    X, _ = load_dask(path, "wide", chunk_bytes=3 << 20)
+    with h5py.File(path, "r") as f:
+        hdf5_rows = f["features/wide"].chunks[0]
+    assert X.chunks[0][0] % hdf5_rows == 0 and X.chunks[0][0] == 3 * hdf5_rows
+    assert float(X.sum().compute()) == n * 1024
