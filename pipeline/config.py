@@ -47,6 +47,17 @@ def section(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return params[name]
 
 
+def check_split(section: str, val_fraction: Any, test_fraction: Any, seed: Any) -> None:
+    """Validation fractions in (0, 1) that leave a train split, and an integer seed."""
+    check_fraction(f"{section}.val_fraction", val_fraction)
+    check_fraction(f"{section}.test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"{section}.val_fraction + {section}.test_fraction must be below 1. Received: {val_fraction} + {test_fraction}"
+        )
+    check_int(f"{section}.seed", seed)
+
+
 def _from_mapping(cls, name: str, mapping: Any, required: tuple[str, ...] = ()):
     allowed = [f.name for f in dataclasses.fields(cls)]
     return cls(**check_keys(name, mapping, allowed, required))
@@ -64,16 +75,9 @@ class PrepareConfig:
 
     def __post_init__(self):
         check_int("prepare.image_size", self.image_size, minimum=8)
-        check_fraction("prepare.val_fraction", self.val_fraction)
-        check_fraction("prepare.test_fraction", self.test_fraction)
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError(
-                "prepare.val_fraction + prepare.test_fraction must be below 1. "
-                f"Received: {self.val_fraction} + {self.test_fraction}"
-            )
+        check_split("prepare", self.val_fraction, self.test_fraction, self.seed)
         if self.per_class_limit is not None:
             check_int("prepare.per_class_limit", self.per_class_limit, minimum=3)
-        check_int("prepare.seed", self.seed)
 
     @classmethod
     def from_params(cls, mapping: Any) -> PrepareConfig:
@@ -104,14 +108,7 @@ class SplitConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_fraction("extract.split.val_fraction", self.val_fraction)
-        check_fraction("extract.split.test_fraction", self.test_fraction)
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError(
-                "extract.split.val_fraction + extract.split.test_fraction must be below 1. "
-                f"Received: {self.val_fraction} + {self.test_fraction}"
-            )
-        check_int("extract.split.seed", self.seed)
+        check_split("extract.split", self.val_fraction, self.test_fraction, self.seed)
 
     @classmethod
     def from_params(cls, mapping: Any) -> SplitConfig:

@@ -13,23 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.config import INTERPOLATIONS, ON_ERROR
 from pipeline.validation import ConfigError, UserError, check_int, check_one_of
 
 
 class ImageDecodeError(UserError, ValueError):
     """A file could not be decoded as an image; the message names the file and the reason."""
 
-# The same names and PIL filters as keras.utils.load_img; "bilinear" is also image_dataset_from_directory's default.
-RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "hamming": Image.Resampling.HAMMING,
-    "box": Image.Resampling.BOX,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
-ON_ERROR = ("fail", "skip")
+# PIL's filters by the names keras.utils.load_img uses; "bilinear" is also image_dataset_from_directory's default.
+RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
 
 # Leading bytes of image formats PIL cannot read (named in the error), and of ones it can (a failure is damage).
 _UNSUPPORTED_SIGNATURES = {
