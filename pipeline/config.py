@@ -175,6 +175,13 @@ class ExtractConfig:
     def layer_names(self) -> list[str]:
         return [spec.name for spec in self.layers]
 
+    def to_params(self) -> dict[str, Any]:
+        """This config as a params.yaml ``extract`` section: ``ExtractConfig.from_params(c.to_params()) == c``."""
+        params = dataclasses.asdict(self)
+        params["input_size"] = list(self.input_size) if self.input_size else None
+        params["layers"] = {spec.name: {"pooling": spec.pooling, "dtype": spec.dtype} for spec in self.layers}
+        return params
+
     def feature_identity(self) -> dict[str, Any]:
         """The fields that change feature values, as plain JSON-able data.
 

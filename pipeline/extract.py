@@ -95,6 +95,7 @@ def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, co
         "batch_size": compute.batch_size,
         "compression": config.compression or "none",
         "on_error": config.on_error,
+        "extract_config": config.to_params(),
         "class_names": list(manifest.class_names),
         "image_root": str(manifest.root),
         "manifest_sha256": manifest_hash(manifest),

@@ -18,7 +18,9 @@ from pipeline.validation import check_one_of
 log = logging.getLogger(__name__)
 
 # Provenance keys of the features file that a trained model depends on; prediction must match them.
-FEATURE_KEYS = ("backbone", "weights_sha256", "input_size", "interpolation", "preprocessing", "config_hash")
+FEATURE_KEYS = (
+    "backbone", "weights_sha256", "input_size", "interpolation", "preprocessing", "config_hash", "extract_config"
+)
 
 
 def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -318,3 +318,11 @@ def test_extract_options_for_writing_and_errors_are_checked():
         ExtractConfig.from_params(extract(split={"seeds": 1}))
     with pytest.raises(ConfigError, match=re.escape("extract.xla must be true or false. Received: 'yes'")):
         ExtractConfig.from_params(extract(xla="yes"))
+
+
+def test_to_params_round_trips():
+    config = ExtractConfig.from_params(extract(
+        input_size=[64, 64], layers={"a": {"pooling": "none", "dtype": "float16"}, "b": {}}, split={"seed": 3}, xla=True
+    ))
+    assert ExtractConfig.from_params(config.to_params()) == config
+    json.dumps(config.to_params())
