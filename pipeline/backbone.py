@@ -122,7 +122,10 @@ def load_keras_file(
             "extract.weights must be null (the model's own weights) or a weights file for a .keras backbone. "
             "Received: weights='imagenet'"
         )
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as error:  # includes safe_mode refusing a Lambda layer's pickled code
+        raise ConfigError(f"cannot load {path} as a Keras model with safe_mode=True: {error}") from error
     source = f"file {path} (sha256 {offline.file_sha256(path)})"
     if weights is not None:
         model.load_weights(weights)

@@ -8,7 +8,10 @@ from collections.abc import Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -119,9 +122,15 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
+# Seeded where the estimator is random, so a re-run gives the same model.
 ESTIMATORS: dict[str, Callable[[], BaseEstimator]] = {
     "logistic_regression": lambda: LogisticRegression(max_iter=1000),
     "linear_svm": lambda: LinearSVC(),
+    "sgd": lambda: SGDClassifier(loss="log_loss", random_state=0),
+    "knn": KNeighborsClassifier,
+    "random_forest": lambda: RandomForestClassifier(random_state=0),
+    "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(random_state=0),
+    "mlp": lambda: MLPClassifier(max_iter=500, random_state=0),
     "keras_head": KerasHeadClassifier,
 }
 

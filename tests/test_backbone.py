@@ -132,3 +132,38 @@ def test_imagenet_without_download_is_an_error_never_random(no_internet):
         load_backbone("mobilenetv3small", "imagenet", SMALL)
     assert "set extract.weights to a local weights file" in str(error.value)
     assert error.value.__cause__ is not None
+
+
+def tiny_model(path, lambda_layer=False):
+    """A small conv net saved as .keras (random weights, NOT pretrained: only loading is under test)."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    if lambda_layer:
+        x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    keras.Model(inputs, keras.layers.Dense(2, name="out")(x)).save(path)
+    return path
+
+
+def test_a_users_keras_file_is_a_backbone(tmp_path):
+    path = tiny_model(tmp_path / "mine.keras")
+    backbone = load_backbone(str(path), None, None, preprocessing="tf")
+    assert backbone.input_size == (32, 32) and backbone.name == "mine.keras"
+    assert "sha256" in backbone.weights_source and backbone.model.trainable is False
+    np.testing.assert_allclose(backbone.preprocess(np.full((1, 2), 255.0)), 1.0)
+    outputs = backbone.feature_model(["conv", "gap"]).predict_on_batch(np.zeros((2, 32, 32, 3), np.float32))
+    assert [o.shape for o in outputs] == [(2, 30, 30, 4), (2, 4)]
+
+
+def test_a_keras_file_needs_its_preprocessing_and_no_imagenet(tmp_path):
+    path = str(tiny_model(tmp_path / "mine.keras"))
+    with pytest.raises(ConfigError, match=r"extract.preprocessing must be one of \['caffe', 'none', 'tf', 'torch'\]"):
+        load_backbone(path, None, None)
+    with pytest.raises(ConfigError, match=r"must be null \(the model's own weights\) or a weights file"):
+        load_backbone(path, "imagenet", None, preprocessing="none")
+
+
+def test_a_keras_file_with_code_is_refused_by_safe_mode(tmp_path):
+    path = str(tiny_model(tmp_path / "unsafe.keras", lambda_layer=True))
+    with pytest.raises(ConfigError, match=r"cannot load .*unsafe.keras as a Keras model with safe_mode=True"):
+        load_backbone(path, None, None, preprocessing="none")
