@@ -77,6 +77,17 @@ def cmd_extract(args: argparse.Namespace) -> None:
     run_extraction(args.images, args.out, extract_config(args), args.image_root)
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from pipeline.predict import format_line, predict_images, write_csv
+
+    predictions = predict_images(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size)
+    if args.csv:
+        write_csv(predictions, args.csv)
+    else:
+        for prediction in predictions:
+            print(format_line(prediction))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -105,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None, help="GPU only")
     extract.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None, help="GPU only")
     extract.set_defaults(func=cmd_extract)
+
+    predict = commands.add_parser("predict", help="top-k labels for images from a trained model, end to end")
+    predict.add_argument("images", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or folders (recursive)")
+    predict.add_argument("--model", required=True, help="model directory written by training (data/models/<clf>)")
+    predict.add_argument("--top-k", type=int, default=3, help="labels per image, best first (default: 3)")
+    predict.add_argument("--csv", help="write path,rank,label,probability|score,error rows here instead of printing")
+    predict.add_argument("--batch-size", type=int, help="images per batch (default: the model's extract config)")
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -73,7 +73,7 @@ def _assign_splits(labels: np.ndarray, split: SplitConfig, source: Path) -> tupl
     return tuple(names.tolist())
 
 
-def _image_files(folder: Path, root: Path, recursive: bool = True) -> list[Path]:
+def image_files(folder: Path, root: Path, recursive: bool = True) -> list[Path]:
     """Sorted image files under ``folder``; other files are reported, links escaping ``root`` are refused."""
     files, ignored = [], []
     for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
@@ -121,7 +121,7 @@ def read_split_folders(root: str | Path) -> Manifest:
             folder = root / split / name
             if not folder.is_dir():
                 continue
-            for path in _image_files(folder, root):
+            for path in image_files(folder, root):
                 paths.append(path.relative_to(root).as_posix())
                 labels.append(label)
                 splits.append(split)
@@ -149,13 +149,13 @@ def read_folder(root: str | Path, split: SplitConfig = SplitConfig()) -> Manifes
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     by_class = {}
     for folder in (p for p in entries if p.is_dir()):
-        files = _image_files(folder, root)
+        files = image_files(folder, root)
         if files:
             by_class[folder.name] = files
         else:
             log.warning("ignored %s: it holds no images with extensions %s", folder, list(IMAGE_EXTENSIONS))
     if not by_class:
-        paths = [p.relative_to(root).as_posix() for p in _image_files(root, root, recursive=False)]
+        paths = [p.relative_to(root).as_posix() for p in image_files(root, root, recursive=False)]
         if not paths:
             raise ConfigError(
                 f"no images with extensions {list(IMAGE_EXTENSIONS)} found in {root}: expected split folders "

@@ -45,6 +45,11 @@ def run_batch(model, batch: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [np.asarray(o[:n], dtype=np.float32) for o in (outputs if isinstance(outputs, list) else [outputs])]
 
 
+def batch_features(model, backbone: Backbone, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The backbone's preprocess_input on decoded uint8 images, then one forward pass (outputs per layer)."""
+    return run_batch(model, backbone.preprocess(images.astype(np.float32)), batch_size)
+
+
 def library_versions() -> dict[str, str]:
     import h5py
     import keras
@@ -70,15 +75,19 @@ def manifest_hash(manifest: Manifest) -> str:
     return digest.hexdigest()
 
 
-def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, compute: accelerate.Compute) -> dict:
-    """Every fact that decides the features, plus a hash of them that tells incompatible files apart."""
-    identity = {
+def feature_identity(config: ExtractConfig, backbone: Backbone, compute: accelerate.Compute) -> dict:
+    """What decides the feature values, as they are in effect: hashed into ``config_hash``."""
+    return {
         **config.feature_identity(),
         "mixed_precision": compute.mixed_precision,
         "xla": compute.xla,
         "input_size": list(backbone.input_size),
         "weights_sha256": backbone.weights_sha256,
     }
+
+
+def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, compute: accelerate.Compute) -> dict:
+    """Every fact that decides the features, plus a hash of them that tells incompatible files apart."""
     return {
         "backbone": backbone.name,
         "weights": config.weights if config.weights is not None else "null",
@@ -100,7 +109,7 @@ def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, co
         "image_root": str(manifest.root),
         "manifest_sha256": manifest_hash(manifest),
         "versions": library_versions(),
-        "config_hash": config_hash(identity),
+        "config_hash": config_hash(feature_identity(config, backbone, compute)),
     }
 
 
@@ -139,7 +148,7 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
         )
         for batch in batches:
             rows = batch.indices
-            outputs = run_batch(model, backbone.preprocess(batch.images.astype(np.float32)), compute.batch_size) if len(rows) else []
+            outputs = batch_features(model, backbone, batch.images, compute.batch_size) if len(rows) else []
             for position, message in batch.errors:
                 log.warning("skipped %s", message)
             writer.write(

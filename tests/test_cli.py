@@ -1,5 +1,7 @@
 """Tests for pipeline.cli (`python -m pipeline`): the layers table and extract with flags over params.yaml."""
 
+import csv
+import re
 import subprocess
 import sys
 
@@ -77,3 +79,46 @@ def test_extract_command_writes_a_features_file(digits_dir, tmp_path):
     with h5py.File(out, "r") as f:
         assert f["features/conv_pw_3_relu"].shape == (100, 128)
         assert f.attrs["batch_size"] == 50 and f.attrs["complete"]
+
+
+@pytest.fixture(scope="module")
+def lr_model(features_file, tmp_path_factory):
+    from pipeline.config import ClassifierConfig
+    from pipeline.train import train_classifier
+
+    out = tmp_path_factory.mktemp("cli_models") / "lr"
+    config = ClassifierConfig(name="lr", estimator="logistic_regression", layer="conv_pw_5_relu")
+    train_classifier(features_file, config, out)
+    return out
+
+
+def test_predict_prints_top_k_per_image_and_reports_bad_ones(lr_model, digits_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a picture")
+    images = sorted((digits_dir / "train" / "3").iterdir())
+    result = cli("predict", "--model", str(lr_model), "--top-k", "2", str(digits_dir / "train" / "3"), str(bad))
+    assert result.returncode == 0, result.stderr
+    *lines, last = result.stdout.splitlines()
+    assert len(lines) == len(images) == 7
+    for line, image in zip(lines, images):
+        assert re.fullmatch(rf"{re.escape(str(image))}: \d \([01]\.\d\d\), \d \([01]\.\d\d\)", line), line
+    assert all(line.split(": ")[1].startswith("3 (") for line in lines)  # its own training images
+    assert last.startswith(f"{bad}: ERROR cannot decode image") and "not an image (text file)" in last
+    assert "1 of 8 images could not be decoded" in result.stderr
+
+
+def test_predict_csv_and_missing_model(lr_model, digits_dir, tmp_path):
+    out = tmp_path / "predictions.csv"
+    result = cli("predict", "--model", str(lr_model), "--csv", str(out), str(digits_dir / "val"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "rank", "label", "probability", "error"]
+    images = sorted((digits_dir / "val").rglob("*.png"))
+    assert [row["path"] for row in rows] == [str(image) for image in images for _ in range(3)]
+    assert [row["rank"] for row in rows] == ["1", "2", "3"] * len(images)
+    missing = cli("predict", "--model", str(tmp_path / "no_model"), str(digits_dir / "val" / "0"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
+    assert f"model directory not found: {tmp_path / 'no_model'}" in missing.stderr
