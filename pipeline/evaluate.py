@@ -1,25 +1,45 @@
-"""Stage two, evaluation: test-split metrics and confusion-matrix data, in the formats DVC shows."""
+"""Stage two, evaluation: test-split metrics and plot data (confusion, per class, learning curve) for DVC."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 
-from pipeline.atomic import write_json
+from pipeline.atomic import atomic_file, write_json
 from pipeline.models import load_model
 from pipeline.store import load_split, read_attrs
 from pipeline.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
+TOP_K = 3
+# Above this many classes the confusion PNG leaves its cells unlabelled (the numbers would not fit).
+MAX_ANNOTATED_CLASSES = 30
+
 
 def evaluate_model(
     model_dir: str | Path, features: str | Path, out_dir: str | Path, split: str = "test"
 ) -> dict[str, Any]:
-    """Write ``metrics.json`` and ``confusion.json`` (rows of actual/predicted class names) for one model."""
+    """Evaluate one model on ``split`` and write its DVC metrics and plots to ``out_dir``; returns the metrics.
+
+    Files: ``metrics.json`` (flat, numeric: see ``score``), ``per_class.json`` (precision, recall, F1 and support
+    per class), ``confusion.json`` (one actual/predicted row per sample, for DVC's confusion template),
+    ``confusion.png`` (the same counts as an image) and ``learning_curve.json`` (the per-epoch training history
+    recorded in ``model.json``; ``[]`` for estimators trained without epochs).
+    """
     estimator, metadata = load_model(model_dir)
     attrs = read_attrs(features)
     if attrs["config_hash"] != metadata["features"]["config_hash"]:
@@ -27,20 +47,99 @@ def evaluate_model(
             f"model {model_dir} was trained on features with config_hash {metadata['features']['config_hash']}, "
             f"but {features} has {attrs['config_hash']}; retrain it on these features"
         )
+    names = list(attrs["class_names"])
     data = load_split(features, metadata["layer"], split, flatten=True)
+    started = time.perf_counter()
     predicted = estimator.predict(data.X)
+    predict_seconds = time.perf_counter() - started
+    proba = class_probabilities(estimator, data.X, len(names)) if hasattr(estimator, "predict_proba") else None
     metrics = {
-        "accuracy": float(accuracy_score(data.y, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(data.y, predicted)),
-        "macro_f1": float(f1_score(data.y, predicted, average="macro")),
-        "n": int(len(data.y)),
+        **score(data.y, predicted, proba, len(names)),
+        "fit_seconds": float(metadata["fit_seconds"]),
+        "predict_seconds": predict_seconds,
     }
-    names = attrs["class_names"]
+
     out_dir = Path(out_dir)
+    title = (
+        f"{metadata['classifier']} ({metadata['estimator']}) on {metadata['layer']}\n"
+        f"{split} accuracy {metrics['accuracy']:.3f} (n={metrics['n']})"
+    )
+    with atomic_file(out_dir / "confusion.png") as tmp:
+        plot_confusion(confusion_matrix(data.y, predicted, labels=range(len(names))), names, title, tmp)
     write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "per_class.json", per_class(data.y, predicted, names))
     write_json(
         out_dir / "confusion.json",
         [{"actual": names[a], "predicted": names[p]} for a, p in zip(data.y.tolist(), predicted.tolist())],
     )
+    write_json(out_dir / "learning_curve.json", metadata.get("history", []))
     log.info("%s on %s split: %s", metadata["classifier"], split, metrics)
     return metrics
+
+
+def class_probabilities(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` as an (n, n_classes) float64 matrix over all class indices, rows summing to 1.
+
+    A class missing from the training labels gets probability 0 in its column.
+    """
+    proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    full = np.zeros((len(proba), n_classes))
+    full[:, np.asarray(estimator.classes_, dtype=int)] = proba
+    return full / full.sum(axis=1, keepdims=True)
+
+
+def score(y: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None, n_classes: int) -> dict[str, float | int]:
+    """accuracy, balanced_accuracy, macro_f1 and n; with probabilities also log_loss and top-3 accuracy.
+
+    ``top3_accuracy`` is left out for three classes or fewer, where it is 1 whatever the model.
+    """
+    metrics: dict[str, float | int] = {
+        "accuracy": float(accuracy_score(y, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
+        "macro_f1": float(f1_score(y, predicted, average="macro")),
+        "n": int(len(y)),
+    }
+    if proba is not None:
+        labels = np.arange(n_classes)
+        metrics["log_loss"] = float(log_loss(y, proba, labels=labels))
+        if n_classes > TOP_K:
+            metrics[f"top{TOP_K}_accuracy"] = float(top_k_accuracy_score(y, proba, k=TOP_K, labels=labels))
+    return metrics
+
+
+def per_class(y: np.ndarray, predicted: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """One row per class, in class order: class name, precision, recall, F1 and support (0 where undefined)."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, predicted, labels=range(len(names)), zero_division=0
+    )
+    return [
+        {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(names, precision, recall, f1, support)
+    ]
+
+
+def plot_confusion(counts: np.ndarray, names: list[str], title: str, path: str | Path) -> None:
+    """Write ``counts`` (rows actual, columns predicted) as a PNG heat map with the counts in the cells."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(names)
+    side = min(max(6.0, 0.45 * n + 3.0), 30.0)
+    fig = Figure(figsize=(side, side), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
+    ax.set_xticks(range(n), labels=names, rotation=90 if max(map(len, names), default=0) > 3 else 0)
+    ax.set_yticks(range(n), labels=names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("actual class")
+    ax.set_title(title)
+    if n <= MAX_ANNOTATED_CLASSES:
+        threshold = counts.max() / 2 if counts.size else 0
+        for (row, column), count in np.ndenumerate(counts):
+            ax.text(
+                column, row, str(count), ha="center", va="center", fontsize=9,
+                color="white" if count > threshold else "black",
+            )
+    fig.savefig(path, format="png", dpi=100)

@@ -1,4 +1,4 @@
-"""Stage two, training: fit one configured classifier on one layer's train split and save it."""
+"""Stage two, training: fit one configured classifier on one layer's train split and save it with its history."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.classifiers import KerasHeadClassifier, build_estimator
+from pipeline.classifiers import KerasHeadClassifier, build_estimator, final_estimator
 from pipeline.config import ClassifierConfig
 from pipeline.models import save_model
 from pipeline.store import load_split, read_attrs
@@ -23,8 +23,36 @@ FEATURE_KEYS = (
 )
 
 
+# Per-epoch columns of a training history, in the order they are recorded; "val_" ones are on the val split.
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def training_history(estimator) -> list[dict[str, float]]:
+    """One row per epoch run, ``{"epoch": 1, "loss": ..., ...}`` with the ``HISTORY_KEYS`` the estimator recorded.
+
+    The Keras head records all four (every epoch run, also those after the best one that early stopping restores);
+    an MLP records its training loss per epoch (and ``val_accuracy`` with ``early_stopping``); estimators without
+    epochs (linear models, trees, neighbours) give ``[]``.
+    """
+    final = final_estimator(estimator)
+    if isinstance(final, KerasHeadClassifier):
+        curves = final.history_
+    elif getattr(final, "loss_curve_", None) is not None:
+        curves = {"loss": final.loss_curve_}
+        if getattr(final, "validation_scores_", None) is not None:
+            curves["val_accuracy"] = final.validation_scores_
+    else:
+        return []
+    columns = {key: curves[key] for key in HISTORY_KEYS if key in curves}
+    n_epochs = len(next(iter(columns.values()), []))
+    return [{"epoch": i + 1, **{key: float(values[i]) for key, values in columns.items()}} for i in range(n_epochs)]
+
+
 def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Fit ``config``'s estimator on the train split (val split for early stopping) and save it to ``out_dir``."""
+    """Fit ``config``'s estimator on the train split (val split for early stopping) and save it to ``out_dir``.
+
+    ``model.json`` records the fit time, the val accuracy and the per-epoch ``history`` (see ``training_history``).
+    """
     estimator = build_estimator(config)
     attrs = read_attrs(features)
     check_one_of(f"classifiers.{config.name}.layer", config.layer, attrs["layers"])
@@ -54,6 +82,7 @@ def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: st
         "features": {key: attrs[key] for key in FEATURE_KEYS},
         "fit_seconds": fit_seconds,
         "val_accuracy": val_accuracy,
+        "history": training_history(estimator),
     }
     save_model(estimator, out_dir, metadata)
     return metadata

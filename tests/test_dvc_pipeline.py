@@ -79,16 +79,49 @@ def test_repro_writes_the_features_file_layout(repo):
         assert "MobileNetV1" in f.attrs["weights_source"]
 
 
-def test_metrics_and_confusion_plots_for_every_classifier(repo):
+def test_metrics_for_every_classifier(repo):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
     metrics = next(iter(shown.values()))["data"]
     for name in CLASSIFIERS:
         values = metrics[f"data/eval/{name}/metrics.json"]["data"]
         assert 0.0 <= values["accuracy"] <= 1.0 and values["n"] == 15
+        assert values["fit_seconds"] > 0 and values["predict_seconds"] > 0
         assert (repo / "data" / "models" / name / "model.json").is_file()
-    plots = dvc("plots", "show", "--json", cwd=repo)
+        # log_loss and top-3 accuracy only where the estimator has predict_proba (not LinearSVC)
+        assert ("log_loss" in values and "top3_accuracy" in values) == (name != "linear_svm"), values
+
+
+def test_plots_render_for_every_classifier(repo, tmp_path):
+    # -o: the copies of image plots that `dvc plots show` writes go outside the repository (default: dvc_plots/)
+    shown = json.loads(dvc("plots", "show", "--json", "-o", str(tmp_path), cwd=repo))
+    assert "errors" not in shown, shown["errors"]
+    plots = shown["data"]
     for name in CLASSIFIERS:
-        assert f"data/eval/{name}/confusion.json" in plots
+        [confusion] = plots[f"data/eval/{name}/confusion.json"]
+        assert confusion["type"] == "vega" and len(confusion["content"]["data"]["values"]) == 15
+        [image] = plots[f"data/eval/{name}/confusion.png"]
+        assert image["type"] == "image" and Path(image["url"]).read_bytes()[:4] == b"\x89PNG"
+        [per_class] = plots[f"data/eval/{name}/per_class.json"]
+        assert per_class["type"] == "vega"
+        assert sorted(row["class"] for row in per_class["content"]["data"]["values"]) == [str(i) for i in range(10)]
+        assert per_class["content"]["encoding"]["x"]["field"] == "recall"
+    # The Keras head draws train vs val loss per epoch (the custom template in .dvc/plots); without epochs, no plot.
+    [curve] = plots["data/eval/dense_head/learning_curve.json"]
+    assert curve["type"] == "vega"
+    rows = curve["content"]["data"]["values"]
+    assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1)) and 1 <= len(rows) <= 5
+    assert all({"loss", "val_loss"} <= set(row) for row in rows)
+    assert {"calculate": "datum['val_loss']", "as": "validation"} in curve["content"]["transform"]
+    assert plots["data/eval/logreg/learning_curve.json"] == plots["data/eval/linear_svm/learning_curve.json"] == []
+
+
+def test_generated_files_stay_out_of_git(repo):
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).splitlines()
+    changed = [line[3:] for line in status]
+    # dvc.lock and the .gitignore entries DVC adds for the new outputs; no data, models or plots.
+    assert all(path == "dvc.lock" or path.endswith(".gitignore") for path in changed), changed
+    ignored = (repo / "data" / "eval" / "dense_head" / ".gitignore").read_text().split()
+    assert {"/metrics.json", "/confusion.json", "/confusion.png", "/per_class.json", "/learning_curve.json"} <= set(ignored)
 
 
 def test_editing_one_classifier_reruns_only_that_classifier(repo):

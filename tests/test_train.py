@@ -1,12 +1,14 @@
-"""Tests for pipeline.train: one configured classifier trained on a real features file and saved with provenance."""
+"""Tests for pipeline.train: one configured classifier trained on a real features file, saved with provenance and history."""
 
 import h5py
+import numpy as np
 import pytest
 
+from pipeline.classifiers import KerasHeadClassifier
 from pipeline.config import ClassifierConfig
 from pipeline.models import load_model
 from pipeline.store import load_split
-from pipeline.train import FEATURE_KEYS, train_classifier
+from pipeline.train import FEATURE_KEYS, train_classifier, training_history
 from pipeline.validation import ConfigError
 
 
@@ -20,19 +22,51 @@ def test_train_saves_a_model_that_records_its_features(features_file, tmp_path):
     assert saved["class_names"] == [str(i) for i in range(10)]
     assert saved["layer"] == "conv_pw_5_relu" and saved["pooling"] == "avg"
     assert 0 <= metadata["val_accuracy"] <= 1
+    assert metadata["history"] == saved["history"] == []  # no epochs, no learning curve
     test = load_split(features_file, "conv_pw_5_relu", "test")
     assert estimator.predict(test.X).shape == test.y.shape
 
 
 def test_keras_head_trains_on_unpooled_float16_maps(features_file, tmp_path):
     config = ClassifierConfig(
-        name="head", estimator="keras_head", layer="conv_pw_13_relu", params={"units": 16, "epochs": 3, "verbose": 0}
+        name="head", estimator="keras_head", layer="conv_pw_13_relu",
+        params={"units": 16, "epochs": 3, "patience": 10, "verbose": 0},
     )
     train_classifier(features_file, config, tmp_path / "head")
     estimator, saved = load_model(tmp_path / "head")
     test = load_split(features_file, "conv_pw_13_relu", "test", flatten=True)
     assert estimator.n_features_in_ == test.X.shape[1] == 2 * 2 * 1024
     assert saved["pooling"] == "none"
+    history = saved["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert all(set(row) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} for row in history)
+    assert all(np.isfinite(row["loss"]) and np.isfinite(row["val_loss"]) and row["loss"] > 0 for row in history)
+
+
+def test_keras_history_has_one_row_per_epoch_run_with_early_stopping(features_file):
+    train = load_split(features_file, "conv_pw_5_relu", "train")
+    val = load_split(features_file, "conv_pw_5_relu", "val")
+    head = KerasHeadClassifier(units=8, epochs=40, patience=1, learning_rate=0.05, verbose=0)
+    head.fit(train.X, train.y, validation_data=(val.X, val.y))
+    history = training_history(head)
+    assert len(history) == len(head.history_["loss"])
+    assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    assert [row["loss"] for row in history] == pytest.approx(head.history_["loss"])
+    assert [row["val_loss"] for row in history] == pytest.approx(head.history_["val_loss"])
+    assert [row["val_accuracy"] for row in history] == pytest.approx(head.history_["val_accuracy"])
+
+
+def test_mlp_records_its_training_loss_per_epoch(features_file, tmp_path):
+    config = ClassifierConfig(
+        name="mlp", estimator="mlp", layer="conv_pw_5_relu", params={"hidden_layer_sizes": [8], "max_iter": 4}
+    )
+    with pytest.warns(UserWarning, match="Maximum iterations"):  # ConvergenceWarning: 4 epochs on purpose
+        metadata = train_classifier(features_file, config, tmp_path / "mlp")
+    estimator, saved = load_model(tmp_path / "mlp")
+    assert saved["history"] == metadata["history"]
+    assert [row["epoch"] for row in saved["history"]] == [1, 2, 3, 4]
+    assert [row["loss"] for row in saved["history"]] == pytest.approx(estimator[-1].loss_curve_)
+    assert all(set(row) == {"epoch", "loss"} for row in saved["history"])  # no validation split inside the MLP
 
 
 def test_unknown_layer_names_the_extracted_layers(features_file, tmp_path):
