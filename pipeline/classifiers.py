@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neighbors import KNeighborsClassifier
@@ -140,8 +141,32 @@ def final_estimator(estimator: BaseEstimator) -> BaseEstimator:
     return estimator[-1] if isinstance(estimator, Pipeline) else estimator
 
 
-def build_estimator(config: ClassifierConfig) -> BaseEstimator:
-    """The estimator for one params.yaml entry; unknown names and hyper-parameters fail with the allowed values."""
+class SpatialPool(TransformerMixin, BaseEstimator):
+    """Global ``avg``/``max`` pooling of stored unpooled maps: flat rows of ``h*w*channels`` values -> ``channels``."""
+
+    def __init__(self, channels: int = 1, mode: str = "avg"):
+        self.channels = channels
+        self.mode = mode
+
+    def fit(self, X, y=None):
+        if np.shape(X)[1] % self.channels:
+            raise ValueError(f"{np.shape(X)[1]} features are not whole maps of {self.channels} channels")
+        self.n_features_in_ = np.shape(X)[1]
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "n_features_in_")
+        maps = np.asarray(X, dtype=np.float32).reshape(len(X), -1, self.channels)
+        return maps.mean(axis=1) if self.mode == "avg" else maps.max(axis=1)
+
+
+def build_estimator(config: ClassifierConfig, feature_shape: tuple[int, ...] | None = None) -> BaseEstimator:
+    """The estimator for one params.yaml entry; unknown names and hyper-parameters fail with the allowed values.
+
+    Optional steps run before the classifier, in this order: ``pool`` (needs ``feature_shape``, the stored
+    per-image shape of an unpooled layer), ``scale`` (StandardScaler; inside the Keras head it is the head's own
+    normalization layer) and ``pca``.
+    """
     check_one_of(f"classifiers.{config.name}.estimator", config.estimator, ESTIMATORS)
     estimator = ESTIMATORS[config.estimator]()
     valid = sorted(estimator.get_params(deep=False))
@@ -152,6 +177,18 @@ def build_estimator(config: ClassifierConfig) -> BaseEstimator:
                 f"{did_you_mean(key, valid) or '.'} Valid hyper-parameters: {valid}"
             )
     estimator.set_params(**config.params)
+    steps = []
+    if config.pool is not None:
+        if feature_shape is None or len(feature_shape) < 2:
+            raise ConfigError(
+                f"classifiers.{config.name}.pool needs a layer stored unpooled (extract pooling: none); "
+                f"{config.layer} is stored with shape {feature_shape}"
+            )
+        steps.append(("pool", SpatialPool(channels=int(feature_shape[-1]), mode=config.pool)))
     if isinstance(estimator, KerasHeadClassifier):
-        return estimator.set_params(normalize=config.scale)
-    return Pipeline([("scale", StandardScaler()), ("clf", estimator)]) if config.scale else estimator
+        estimator.set_params(normalize=config.scale)
+    elif config.scale:
+        steps.append(("scale", StandardScaler()))
+    if config.pca is not None:
+        steps.append(("pca", PCA(n_components=config.pca, random_state=0)))
+    return Pipeline([*steps, ("clf", estimator)]) if steps else estimator

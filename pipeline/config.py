@@ -216,12 +216,24 @@ class ClassifierConfig:
     name: str
     estimator: str
     layer: str
+    pool: str | None = None
     scale: bool = True
+    pca: int | float | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.scale, bool):
             raise ConfigError(f"classifiers.{self.name}.scale must be true or false. Received: {self.scale!r}")
+        if self.pool is not None:
+            check_one_of(f"classifiers.{self.name}.pool", self.pool, [p for p in POOLINGS if p != "none"])
+        if self.pca is not None and not (
+            (isinstance(self.pca, int) and not isinstance(self.pca, bool) and self.pca >= 1)
+            or (isinstance(self.pca, float) and 0 < self.pca < 1)
+        ):
+            raise ConfigError(
+                f"classifiers.{self.name}.pca must be null, a number of components >= 1, or a fraction of variance "
+                f"in (0, 1). Received: pca={self.pca!r}"
+            )
         params = self.params or {}
         check_keys(f"classifiers.{self.name}.params", params, list(params) if isinstance(params, Mapping) else [])
         object.__setattr__(self, "params", dict(self.params or {}))

@@ -14,12 +14,14 @@ from typing import Any
 import joblib
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline
 
 from pipeline.atomic import atomic_directory
-from pipeline.classifiers import KerasHeadClassifier
+from pipeline.classifiers import KerasHeadClassifier, final_estimator
 from pipeline.validation import ConfigError
 
 METADATA = "model.json"
+PREPROCESS = "preprocess.joblib"
 FORMAT_VERSION = 1
 
 
@@ -31,13 +33,18 @@ def library_versions() -> dict[str, str]:
 
 
 def save_model(estimator: BaseEstimator, out_dir: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write ``out_dir`` atomically: ``model.keras`` for a Keras head, else ``model.joblib``, and ``model.json``."""
+    """Write ``out_dir`` atomically: ``model.keras`` for a Keras head (plus ``preprocess.joblib`` for steps before
+    it), else ``model.joblib``, and ``model.json``."""
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        if isinstance(estimator, KerasHeadClassifier):
+        head = final_estimator(estimator)
+        if isinstance(head, KerasHeadClassifier):
             filename = "model.keras"
-            estimator.model_.save(tmp / filename)
-            extra = {"classes": estimator.classes_.tolist(), "estimator_params": estimator.get_params()}
+            head.model_.save(tmp / filename)
+            extra = {"classes": head.classes_.tolist(), "estimator_params": head.get_params()}
+            if head is not estimator:  # fitted steps before the head (pool, PCA): scikit-learn objects
+                joblib.dump(estimator[:-1], tmp / PREPROCESS)
+                extra["preprocess"] = PREPROCESS
         else:
             filename = "model.joblib"
             joblib.dump(estimator, tmp / filename)
@@ -65,6 +72,9 @@ def load_model(model_dir: str | Path) -> tuple[BaseEstimator, dict[str, Any]]:
         estimator.model_ = keras.saving.load_model(path, safe_mode=True)
         estimator.classes_ = np.asarray(metadata["classes"])
         estimator.n_features_in_ = int(estimator.model_.input_shape[-1])
+        if metadata.get("preprocess"):
+            steps = joblib.load(Path(model_dir) / metadata["preprocess"])
+            estimator = Pipeline([*steps.steps, ("clf", estimator)])
     else:
         estimator = joblib.load(path)
     return estimator, metadata

@@ -207,6 +207,13 @@ def load_split(path: str | Path, layer: str, split: str, flatten: bool = False) 
         return Split(X=X.reshape(len(X), -1) if flatten else X, y=f["labels"][selection])
 
 
+def feature_shape(path: str | Path, layer: str) -> tuple[int, ...]:
+    """The stored per-image shape of ``layer``: ``(channels,)`` when pooled, ``(h, w, channels)`` when not."""
+    with open_features(path) as f:
+        check_one_of("layer", layer, list(f["features"]))
+        return tuple(f["features"][layer].shape[1:])
+
+
 def split_rows(f: h5py.File, split: str | None) -> np.ndarray | slice:
     """Row selection for ``split`` (None: every row), as a slice when the rows are contiguous."""
     if split is None:

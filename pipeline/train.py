@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.classifiers import KerasHeadClassifier, build_estimator, final_estimator
 from pipeline.config import ClassifierConfig
 from pipeline.models import save_model
-from pipeline.store import load_split, read_attrs
+from pipeline.store import Split, feature_shape, load_split, read_attrs
 from pipeline.validation import check_one_of
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,26 @@ def training_history(estimator) -> list[dict[str, float]]:
     return [{"epoch": i + 1, **{key: float(values[i]) for key, values in columns.items()}} for i in range(n_epochs)]
 
 
+def fit(estimator, train: Split, val: Split):
+    """Fit on ``train``; a Keras head also gets ``val`` for early stopping, through the steps before it."""
+    head = final_estimator(estimator)
+    if not isinstance(head, KerasHeadClassifier):
+        return estimator.fit(train.X, train.y)
+    if head is estimator:
+        return estimator.fit(train.X, train.y, validation_data=(val.X, val.y))
+    steps = estimator[:-1]  # shares the step objects with ``estimator``, so they are fitted in place
+    head.fit(steps.fit_transform(train.X, train.y), train.y, validation_data=(steps.transform(val.X), val.y))
+    return estimator
+
+
 def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: str | Path) -> dict[str, Any]:
     """Fit ``config``'s estimator on the train split (val split for early stopping) and save it to ``out_dir``.
 
     ``model.json`` records the fit time, the val accuracy and the per-epoch ``history`` (see ``training_history``).
     """
-    estimator = build_estimator(config)
     attrs = read_attrs(features)
     check_one_of(f"classifiers.{config.name}.layer", config.layer, attrs["layers"])
+    estimator = build_estimator(config, feature_shape(features, config.layer))
     train = load_split(features, config.layer, "train", flatten=True)
     val = load_split(features, config.layer, "val", flatten=True)
     log.info(
@@ -63,10 +75,7 @@ def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: st
         config.name, config.estimator, config.layer, len(train.y), len(val.y), train.X.shape[1],
     )
     started = time.perf_counter()
-    if isinstance(estimator, KerasHeadClassifier):
-        estimator.fit(train.X, train.y, validation_data=(val.X, val.y))
-    else:
-        estimator.fit(train.X, train.y)
+    fit(estimator, train, val)
     fit_seconds = time.perf_counter() - started
     val_accuracy = float(np.mean(estimator.predict(val.X) == val.y))
     log.info("%s: fit in %.1f s, val accuracy %.4f", config.name, fit_seconds, val_accuracy)

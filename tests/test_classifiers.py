@@ -99,3 +99,29 @@ def test_keras_head_rejects_validation_labels_unseen_in_training():
     X, y = blobs()
     with pytest.raises(ValueError, match=r"labels \[42\] were not seen in fit"):
         KerasHeadClassifier(units=8, epochs=1, verbose=0).fit(X, y, validation_data=(X[:2], np.array([3, 42])))
+
+
+def test_pool_scale_pca_steps_run_in_order_before_the_classifier():
+    config = ClassifierConfig(name="c", estimator="logistic_regression", layer="l", pool="max", pca=2)
+    estimator = build_estimator(config, feature_shape=(2, 2, 3))
+    assert [name for name, _ in estimator.steps] == ["pool", "scale", "pca", "clf"]
+    maps = np.arange(24, dtype=np.float32).reshape(2, 12)  # two 2x2 maps of 3 channels, flattened
+    np.testing.assert_array_equal(estimator[0].fit(maps).transform(maps), [[9, 10, 11], [21, 22, 23]])
+
+
+def test_pool_needs_an_unpooled_layer():
+    config = ClassifierConfig(name="c", estimator="knn", layer="conv_pw_7_relu", pool="avg")
+    with pytest.raises(ConfigError, match=r"classifiers.c.pool needs a layer stored unpooled .* shape \(512,\)"):
+        build_estimator(config, feature_shape=(512,))
+
+
+@pytest.mark.parametrize("pca", [0, 1.5, True, "10"])
+def test_pca_must_be_components_or_a_variance_fraction(pca):
+    with pytest.raises(ConfigError, match=r"classifiers.c.pca must be null, a number of components >= 1"):
+        ClassifierConfig(name="c", estimator="knn", layer="l", pca=pca)
+
+
+def test_keras_head_after_pooling_and_pca_keeps_its_own_normalization():
+    config = ClassifierConfig(name="c", estimator="keras_head", layer="l", pool="avg", pca=4, params={"epochs": 2, "verbose": 0})
+    estimator = build_estimator(config, feature_shape=(2, 2, 6))
+    assert [name for name, _ in estimator.steps] == ["pool", "pca", "clf"] and estimator[-1].normalize

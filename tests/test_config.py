@@ -21,7 +21,7 @@ from pipeline.config import (
 from pipeline.validation import ConfigError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-CLASSIFIER_KEYS = "['estimator', 'layer', 'params', 'scale']"
+CLASSIFIER_KEYS = "['estimator', 'layer', 'params', 'pca', 'pool', 'scale']"
 
 
 def extract(**overrides):

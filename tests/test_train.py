@@ -74,3 +74,17 @@ def test_unknown_layer_names_the_extracted_layers(features_file, tmp_path):
     with pytest.raises(ConfigError, match=r"classifiers.lr.layer must be one of \['conv_pw_13_relu', 'conv_pw_5_relu'\]"):
         train_classifier(features_file, config, tmp_path / "lr")
     assert not (tmp_path / "lr").exists()
+
+
+def test_keras_head_behind_pooling_and_pca_round_trips(features_file, tmp_path):
+    config = ClassifierConfig(
+        name="head", estimator="keras_head", layer="conv_pw_13_relu", pool="avg", pca=8,
+        params={"units": 8, "epochs": 3, "verbose": 0},
+    )
+    trained = train_classifier(features_file, config, tmp_path / "head")
+    assert len(trained["history"]) >= 1 and "val_loss" in trained["history"][0]
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == ["model.json", "model.keras", "preprocess.joblib"]
+    estimator, _ = load_model(tmp_path / "head")
+    test = load_split(features_file, "conv_pw_13_relu", "test", flatten=True)
+    assert [name for name, _ in estimator.steps] == ["pool", "pca", "clf"]
+    assert estimator.predict_proba(test.X).shape == (len(test.y), 10)
