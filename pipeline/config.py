@@ -215,15 +215,24 @@ class ClassifierConfig:
 
     name: str
     estimator: str
-    layer: str
+    layer: str | tuple[str, ...]
     pool: str | None = None
     scale: bool = True
     pca: int | float | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        layers = [self.layer] if isinstance(self.layer, str) else self.layer
+        if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
+            raise ConfigError(
+                f"classifiers.{self.name}.layer must be a layer name or a list of them (concatenated). "
+                f"Received: layer={self.layer!r}"
+            )
+        object.__setattr__(self, "layer", layers[0] if len(layers) == 1 else tuple(layers))
         if not isinstance(self.scale, bool):
             raise ConfigError(f"classifiers.{self.name}.scale must be true or false. Received: {self.scale!r}")
+        if self.pool is not None and len(self.layers) > 1:
+            raise ConfigError(f"classifiers.{self.name}.pool works on one layer; pool when extracting to concatenate")
         if self.pool is not None:
             check_one_of(f"classifiers.{self.name}.pool", self.pool, [p for p in POOLINGS if p != "none"])
         if self.pca is not None and not (
@@ -237,6 +246,11 @@ class ClassifierConfig:
         params = self.params or {}
         check_keys(f"classifiers.{self.name}.params", params, list(params) if isinstance(params, Mapping) else [])
         object.__setattr__(self, "params", dict(self.params or {}))
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The layer names whose features are concatenated, in order (one name for a single layer)."""
+        return (self.layer,) if isinstance(self.layer, str) else self.layer
 
     @classmethod
     def from_params(cls, classifiers: Any, name: str) -> ClassifierConfig:

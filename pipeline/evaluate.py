@@ -20,7 +20,7 @@ from sklearn.metrics import (
 
 from pipeline.atomic import atomic_file, write_json
 from pipeline.models import load_model
-from pipeline.store import load_split, read_attrs
+from pipeline.store import load_layers, read_attrs
 from pipeline.validation import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def evaluate_model(
             f"but {features} has {attrs['config_hash']}; retrain it on these features"
         )
     names = list(attrs["class_names"])
-    data = load_split(features, metadata["layer"], split, flatten=True)
+    data = load_layers(features, metadata["layers"], split)
     started = time.perf_counter()
     predicted = estimator.predict(data.X)
     predict_seconds = time.perf_counter() - started

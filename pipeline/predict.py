@@ -57,7 +57,7 @@ class Predictor:
     estimator: Any
     metadata: dict[str, Any]
     config: ExtractConfig
-    spec: LayerSpec  # the model's layer as extracted: name, pooling and storage dtype
+    specs: tuple[LayerSpec, ...]  # the model's layers as extracted (name, pooling, storage dtype), concatenated in order
     backbone: Backbone
     feature_model: Any
     batch_size: int
@@ -72,9 +72,9 @@ class Predictor:
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """Flat features of decoded uint8 images: the extract stage's preprocess, forward pass, pooling and dtype."""
-        (values,) = batch_features(self.feature_model, self.backbone, images, self.batch_size)
-        stored = pool(values, self.spec.pooling).astype(self.spec.dtype, copy=False)
-        return stored.reshape(len(stored), -1)
+        outputs = batch_features(self.feature_model, self.backbone, images, self.batch_size)
+        stored = [pool(values, spec.pooling).astype(spec.dtype, copy=False) for spec, values in zip(self.specs, outputs)]
+        return np.hstack([values.reshape(len(values), -1) for values in stored])
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """``(n, n_classes)`` probabilities, or decision scores when the estimator has no ``predict_proba``."""
@@ -129,24 +129,23 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def recorded_config(model_dir: Path, metadata: dict[str, Any]) -> tuple[ExtractConfig, LayerSpec]:
-    """The extract config the model's features were made with, and the model's layer within it."""
+def recorded_config(model_dir: Path, metadata: dict[str, Any]) -> tuple[ExtractConfig, tuple[LayerSpec, ...]]:
+    """The extract config the model's features were made with, and the model's layers within it."""
     features = metadata.get("features")
-    if not isinstance(features, dict) or "extract_config" not in features or "layer" not in metadata:
+    if not isinstance(features, dict) or "extract_config" not in features or "layers" not in metadata:
         raise ConfigError(
             f"model {model_dir} does not record the extract config of its features (saved by an older version "
             "of this pipeline); train it again to predict with it"
         )
     config = ExtractConfig.from_params(features["extract_config"])
     specs = {spec.name: spec for spec in config.layers}
-    layer = metadata["layer"]
-    if layer not in specs:
-        raise ConfigError(
-            f"model {model_dir} was trained on layer {layer!r}, which its recorded extract config does not "
-            f"extract (layers: {sorted(specs)})"
-        )
-    # The model's own record of the pooling wins; the storage dtype is the extract config's.
-    return config, LayerSpec(layer, metadata.get("pooling", specs[layer].pooling), specs[layer].dtype)
+    for layer in metadata["layers"]:
+        if layer not in specs:
+            raise ConfigError(
+                f"model {model_dir} was trained on layer {layer!r}, which its recorded extract config does not "
+                f"extract (layers: {sorted(specs)})"
+            )
+    return config, tuple(specs[layer] for layer in metadata["layers"])
 
 
 @contextlib.contextmanager
@@ -179,23 +178,22 @@ def check_weights(model_dir: Path, metadata: dict[str, Any], backbone: Backbone)
         )
 
 
-def feature_model(model_dir: Path, backbone: Backbone, layer: str):
-    """The backbone sub-model with the single output the model needs; an absent layer is a ConfigError."""
+def feature_model(model_dir: Path, backbone: Backbone, layers: Sequence[str]):
+    """The backbone sub-model with the outputs the model needs; an absent layer is a ConfigError."""
     try:
-        return backbone.feature_model([layer])
+        return backbone.feature_model(list(layers))
     except ConfigError as error:
         raise ConfigError(f"model {model_dir} needs {error}") from error
 
 
-def check_width(model_dir: Path, estimator: Any, spec: LayerSpec, output_shape: Sequence[int]) -> None:
-    """Refuse when the pooled layer's width differs from the number of features the classifier was fitted on."""
-    width = int(np.prod(pooled_shape(tuple(output_shape), spec.pooling), dtype=np.int64))
+def check_width(model_dir: Path, estimator: Any, specs: Sequence[LayerSpec], model) -> None:
+    """Refuse when the layers' stored width differs from the number of features the classifier was fitted on."""
+    shapes = [tuple(output.shape[1:]) for output in model.outputs]
+    width = sum(int(np.prod(pooled_shape(shape, spec.pooling), dtype=np.int64)) for spec, shape in zip(specs, shapes))
     expected = getattr(estimator, "n_features_in_", None)
     if expected is not None and int(expected) != width:
-        raise ConfigError(
-            f"model {model_dir} expects {expected} features, but layer {spec.name!r} with pooling "
-            f"{spec.pooling!r} gives {width} (output shape {tuple(output_shape)})"
-        )
+        described = ", ".join(f"{spec.name!r} ({spec.pooling} pooling of {shape})" for spec, shape in zip(specs, shapes))
+        raise ConfigError(f"model {model_dir} expects {expected} features, but {described} give {width}")
 
 
 def check_compute(
@@ -216,24 +214,24 @@ def load_predictor(model_dir: str | Path, batch_size: int | None = None) -> Pred
     if not model_dir.is_dir():
         raise ConfigError(f"model directory not found: {model_dir}")
     estimator, metadata = load_model(model_dir)
-    config, spec = recorded_config(model_dir, metadata)
+    config, specs = recorded_config(model_dir, metadata)
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
     compute = accelerate.resolve(batch_size or config.batch_size, config.mixed_precision, config.xla)
     with _precision(compute.mixed_precision):
         backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
         check_weights(model_dir, metadata, backbone)
-        model = feature_model(model_dir, backbone, spec.name)
+        model = feature_model(model_dir, backbone, [spec.name for spec in specs])
     check_compute(model_dir, metadata, config, backbone, compute)
-    check_width(model_dir, estimator, spec, model.outputs[0].shape[1:])
+    check_width(model_dir, estimator, specs, model)
     if compute.xla:
         model.compile(jit_compile=True)
     log.info(
-        "model %s: %s on %s %s (%s pooling) of %s at %s, %d classes",
-        model_dir, metadata.get("estimator"), spec.name, spec.dtype, spec.pooling, backbone.name,
-        backbone.input_size, len(metadata["class_names"]),
+        "model %s: %s on %s of %s at %s, %d classes",
+        model_dir, metadata.get("estimator"), " + ".join(f"{s.name} ({s.pooling}, {s.dtype})" for s in specs),
+        backbone.name, backbone.input_size, len(metadata["class_names"]),
     )
-    return Predictor(model_dir, estimator, metadata, config, spec, backbone, model, compute.batch_size)
+    return Predictor(model_dir, estimator, metadata, config, specs, backbone, model, compute.batch_size)
 
 
 def predict_images(

@@ -207,6 +207,12 @@ def load_split(path: str | Path, layer: str, split: str, flatten: bool = False) 
         return Split(X=X.reshape(len(X), -1) if flatten else X, y=f["labels"][selection])
 
 
+def load_layers(path: str | Path, layers: Sequence[str], split: str) -> Split:
+    """One split's rows of several layers, each flattened, concatenated along features in ``layers`` order."""
+    parts = [load_split(path, layer, split, flatten=True) for layer in layers]
+    return Split(X=np.hstack([part.X for part in parts]) if len(parts) > 1 else parts[0].X, y=parts[0].y)
+
+
 def feature_shape(path: str | Path, layer: str) -> tuple[int, ...]:
     """The stored per-image shape of ``layer``: ``(channels,)`` when pooled, ``(h, w, channels)`` when not."""
     with open_features(path) as f:

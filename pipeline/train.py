@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.classifiers import KerasHeadClassifier, build_estimator, final_estimator
 from pipeline.config import ClassifierConfig
 from pipeline.models import save_model
-from pipeline.store import Split, feature_shape, load_split, read_attrs
+from pipeline.store import Split, feature_shape, load_layers, read_attrs
 from pipeline.validation import check_one_of
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,14 @@ def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: st
     ``model.json`` records the fit time, the val accuracy and the per-epoch ``history`` (see ``training_history``).
     """
     attrs = read_attrs(features)
-    check_one_of(f"classifiers.{config.name}.layer", config.layer, attrs["layers"])
-    estimator = build_estimator(config, feature_shape(features, config.layer))
-    train = load_split(features, config.layer, "train", flatten=True)
-    val = load_split(features, config.layer, "val", flatten=True)
+    for layer in config.layers:
+        check_one_of(f"classifiers.{config.name}.layer", layer, attrs["layers"])
+    estimator = build_estimator(config, feature_shape(features, config.layers[0]))
+    train = load_layers(features, config.layers, "train")
+    val = load_layers(features, config.layers, "val")
     log.info(
         "training %s (%s) on %s: %d train rows, %d val rows, %d features",
-        config.name, config.estimator, config.layer, len(train.y), len(val.y), train.X.shape[1],
+        config.name, config.estimator, " + ".join(config.layers), len(train.y), len(val.y), train.X.shape[1],
     )
     started = time.perf_counter()
     fit(estimator, train, val)
@@ -84,8 +85,10 @@ def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: st
         "estimator": config.estimator,
         "params": config.params,
         "scale": config.scale,
-        "layer": config.layer,
-        "pooling": attrs["pooling"][config.layer],
+        "layer": "+".join(config.layers),
+        "layers": list(config.layers),
+        "pool": config.pool,
+        "pca": config.pca,
         "class_names": attrs["class_names"],
         "features_file": str(features),
         "features": {key: attrs[key] for key in FEATURE_KEYS},

@@ -199,6 +199,7 @@ def test_refuses_a_layer_the_backbone_lacks(lr_model, tmp_path, stored):
         layers = metadata["features"]["extract_config"]["layers"]
         layers["conv_pw_99_relu"] = layers.pop("conv_pw_5_relu")
         metadata["layer"] = "conv_pw_99_relu"
+        metadata["layers"] = ["conv_pw_99_relu"]
 
     copy = edited_copy(lr_model, tmp_path, rename)
     with pytest.raises(ConfigError, match=r"model .* needs layer 'conv_pw_99_relu' not found in mobilenet"):
@@ -206,7 +207,10 @@ def test_refuses_a_layer_the_backbone_lacks(lr_model, tmp_path, stored):
 
 
 def test_refuses_a_feature_width_the_classifier_was_not_fitted_on(lr_model, tmp_path, stored):
-    copy = edited_copy(lr_model, tmp_path, lambda m: m.update(pooling="none"))
-    message = r"expects 256 features, but layer 'conv_pw_5_relu' with pooling 'none' gives 16384"
+    def unpool(metadata):
+        metadata["features"]["extract_config"]["layers"]["conv_pw_5_relu"]["pooling"] = "none"
+
+    copy = edited_copy(lr_model, tmp_path, unpool)
+    message = r"expects 256 features, but 'conv_pw_5_relu' \(none pooling of \(8, 8, 256\)\) give 16384"
     with pytest.raises(ConfigError, match=message):
         predict_images(copy, stored[0][:1])

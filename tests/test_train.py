@@ -7,7 +7,7 @@ import pytest
 from pipeline.classifiers import KerasHeadClassifier
 from pipeline.config import ClassifierConfig
 from pipeline.models import load_model
-from pipeline.store import load_split
+from pipeline.store import load_layers, load_split
 from pipeline.train import FEATURE_KEYS, train_classifier, training_history
 from pipeline.validation import ConfigError
 
@@ -20,7 +20,7 @@ def test_train_saves_a_model_that_records_its_features(features_file, tmp_path):
         assert saved["features"]["config_hash"] == f.attrs["config_hash"]
     assert set(FEATURE_KEYS) == set(saved["features"])
     assert saved["class_names"] == [str(i) for i in range(10)]
-    assert saved["layer"] == "conv_pw_5_relu" and saved["pooling"] == "avg"
+    assert saved["layer"] == "conv_pw_5_relu" and saved["layers"] == ["conv_pw_5_relu"]
     assert 0 <= metadata["val_accuracy"] <= 1
     assert metadata["history"] == saved["history"] == []  # no epochs, no learning curve
     test = load_split(features_file, "conv_pw_5_relu", "test")
@@ -36,7 +36,7 @@ def test_keras_head_trains_on_unpooled_float16_maps(features_file, tmp_path):
     estimator, saved = load_model(tmp_path / "head")
     test = load_split(features_file, "conv_pw_13_relu", "test", flatten=True)
     assert estimator.n_features_in_ == test.X.shape[1] == 2 * 2 * 1024
-    assert saved["pooling"] == "none"
+    assert saved["layers"] == ["conv_pw_13_relu"] and saved["pool"] is None
     history = saved["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert all(set(row) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} for row in history)
@@ -88,3 +88,22 @@ def test_keras_head_behind_pooling_and_pca_round_trips(features_file, tmp_path):
     test = load_split(features_file, "conv_pw_13_relu", "test", flatten=True)
     assert [name for name, _ in estimator.steps] == ["pool", "pca", "clf"]
     assert estimator.predict_proba(test.X).shape == (len(test.y), 10)
+
+
+def test_concatenated_layers_train_evaluate_and_predict(features_file, tmp_path, manifest):
+    from pipeline.evaluate import evaluate_model
+    from pipeline.predict import predict_images
+
+    config = ClassifierConfig(
+        name="both", estimator="logistic_regression", layer=["conv_pw_5_relu", "conv_pw_13_relu"], params={"C": 0.1}
+    )
+    saved = train_classifier(features_file, config, tmp_path / "both")
+    estimator, _ = load_model(tmp_path / "both")
+    assert saved["layer"] == "conv_pw_5_relu+conv_pw_13_relu" and estimator.n_features_in_ == 256 + 2 * 2 * 1024
+    metrics = evaluate_model(tmp_path / "both", features_file, tmp_path / "eval")
+    assert 0 <= metrics["accuracy"] <= 1
+    test_rows = [i for i, split in enumerate(manifest.splits) if split == "test"][:3]
+    predictions = predict_images(tmp_path / "both", [manifest.absolute(i) for i in test_rows], top_k=1)
+    stored = load_layers(features_file, config.layers, "test")
+    expected = estimator.predict(stored.X[:3])
+    assert [p.label for p in predictions] == [str(label) for label in expected]
