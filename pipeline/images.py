@@ -46,7 +46,8 @@ def decode_image(path: str | Path, size: tuple[int, int], interpolation: str = "
     try:
         with Image.open(path) as img:
             img.load()
-            img = to_rgb(ImageOps.exif_transpose(img))
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no orientation to apply
+            img = to_rgb(img)
     except (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"cannot decode image {path}: {_reason(path, error)}") from error
     if img.size != (width, height):
