@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
@@ -141,6 +141,39 @@ def final_estimator(estimator: BaseEstimator) -> BaseEstimator:
     return estimator[-1] if isinstance(estimator, Pipeline) else estimator
 
 
+def check_hyper_parameters(section: str, name: str, keys, estimator: BaseEstimator) -> None:
+    """Every key must be a hyper-parameter of ``estimator``; the error lists the valid ones."""
+    valid = sorted(estimator.get_params(deep=False))
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(
+                f"unknown hyper-parameter {section}.{key} for {name}{did_you_mean(key, valid) or '.'} "
+                f"Valid hyper-parameters: {valid}"
+            )
+
+
+def build_search(estimator: BaseEstimator, config: ClassifierConfig):
+    """GridSearchCV or RandomizedSearchCV over ``config.search.space`` with stratified, seeded folds; refits the best."""
+    from scipy import stats
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedKFold
+
+    search = config.search
+    prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
+    distributions = {"uniform": lambda lo, hi: stats.uniform(lo, hi - lo), "loguniform": stats.loguniform, "randint": stats.randint}
+    space = {}
+    for key, values in search.space.items():
+        if isinstance(values, Mapping):
+            (kind, (low, high)), = values.items()
+            space[prefix + key] = distributions[kind](low, high)
+        else:
+            space[prefix + key] = list(values)
+    folds = StratifiedKFold(search.cv, shuffle=True, random_state=search.seed)
+    common = {"scoring": search.scoring, "cv": folds, "n_jobs": search.n_jobs, "refit": True}
+    if search.method == "grid":
+        return GridSearchCV(estimator, space, **common)
+    return RandomizedSearchCV(estimator, space, n_iter=search.n_iter, random_state=search.seed, **common)
+
+
 class SpatialPool(TransformerMixin, BaseEstimator):
     """Global ``avg``/``max`` pooling of stored unpooled maps: flat rows of ``h*w*channels`` values -> ``channels``."""
 
@@ -160,6 +193,16 @@ class SpatialPool(TransformerMixin, BaseEstimator):
         return maps.mean(axis=1) if self.mode == "avg" else maps.max(axis=1)
 
 
+def configured_estimator(config: ClassifierConfig) -> BaseEstimator:
+    """The bare estimator with its params set; an unknown name or hyper-parameter (params or search) fails here."""
+    check_one_of(f"classifiers.{config.name}.estimator", config.estimator, ESTIMATORS)
+    estimator = ESTIMATORS[config.estimator]()
+    check_hyper_parameters(f"classifiers.{config.name}.params", config.estimator, config.params, estimator)
+    if config.search is not None:
+        check_hyper_parameters(f"classifiers.{config.name}.search.space", config.estimator, config.search.space, estimator)
+    return estimator.set_params(**config.params)
+
+
 def build_estimator(config: ClassifierConfig, feature_shape: tuple[int, ...] | None = None) -> BaseEstimator:
     """The estimator for one params.yaml entry; unknown names and hyper-parameters fail with the allowed values.
 
@@ -167,16 +210,7 @@ def build_estimator(config: ClassifierConfig, feature_shape: tuple[int, ...] | N
     per-image shape of an unpooled layer), ``scale`` (StandardScaler; inside the Keras head it is the head's own
     normalization layer) and ``pca``.
     """
-    check_one_of(f"classifiers.{config.name}.estimator", config.estimator, ESTIMATORS)
-    estimator = ESTIMATORS[config.estimator]()
-    valid = sorted(estimator.get_params(deep=False))
-    for key in config.params:
-        if key not in valid:
-            raise ConfigError(
-                f"unknown hyper-parameter classifiers.{config.name}.params.{key} for {config.estimator}"
-                f"{did_you_mean(key, valid) or '.'} Valid hyper-parameters: {valid}"
-            )
-    estimator.set_params(**config.params)
+    estimator = configured_estimator(config)
     steps = []
     if config.pool is not None:
         if feature_shape is None or len(feature_shape) < 2:

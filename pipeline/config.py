@@ -209,6 +209,56 @@ def _layer_specs(layers: Any, defaults: Mapping[str, str]) -> tuple[LayerSpec, .
     raise ConfigError(f"extract.layers must be a list of layer names or a mapping. Received: {layers!r}")
 
 
+SEARCH_METHODS = ("grid", "random")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A hyper-parameter search with cross-validation on the train split, declared in a classifier entry.
+
+    ``space`` maps hyper-parameter names to a list of values, or (random search only) to a distribution
+    ``{loguniform: [low, high]}``, ``{uniform: [low, high]}`` or ``{randint: [low, high]}``.
+    """
+
+    method: str = "grid"
+    space: Mapping[str, Any] = field(default_factory=dict)
+    cv: int = 3
+    n_iter: int = 10
+    scoring: str = "accuracy"
+    n_jobs: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        check_one_of("search.method", self.method, SEARCH_METHODS)
+        check_keys("search.space", self.space, list(self.space) if isinstance(self.space, Mapping) else [])
+        if not self.space:
+            raise ConfigError("search.space must name at least one hyper-parameter with its values")
+        for name, values in self.space.items():
+            if isinstance(values, Mapping):
+                if self.method == "grid" or len(values) != 1:
+                    raise ConfigError(
+                        f"search.space.{name} must be a list of values"
+                        + ("" if self.method == "grid" else f" or one of {list(DISTRIBUTIONS)}: [low, high]")
+                        + f". Received: {values!r}"
+                    )
+                (kind, bounds), = values.items()
+                check_one_of(f"search.space.{name} distribution", kind, DISTRIBUTIONS)
+                if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+                    raise ConfigError(f"search.space.{name}.{kind} must be [low, high]. Received: {bounds!r}")
+            elif not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"search.space.{name} must be a non-empty list of values. Received: {values!r}")
+        check_int("search.cv", self.cv, minimum=2)
+        check_int("search.n_iter", self.n_iter, minimum=1)
+        if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:
+            raise ConfigError(f"search.n_jobs must be -1 (all cores) or an integer >= 1. Received: {self.n_jobs!r}")
+        check_int("search.seed", self.seed)
+
+    @classmethod
+    def from_params(cls, mapping: Any) -> SearchConfig:
+        return _from_mapping(cls, "search", mapping, required=("space",))
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """One entry of the ``classifiers`` section: which estimator, on which layer, with which hyper-parameters."""
@@ -220,8 +270,11 @@ class ClassifierConfig:
     scale: bool = True
     pca: int | float | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    search: SearchConfig | None = None
 
     def __post_init__(self):
+        if isinstance(self.search, Mapping):
+            object.__setattr__(self, "search", SearchConfig.from_params(self.search))
         layers = [self.layer] if isinstance(self.layer, str) else self.layer
         if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
             raise ConfigError(

@@ -8,8 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.pipeline import Pipeline
 
-from pipeline.classifiers import KerasHeadClassifier, build_estimator, final_estimator
+from pipeline.classifiers import (
+    KerasHeadClassifier,
+    build_estimator,
+    build_search,
+    configured_estimator,
+    final_estimator,
+)
+from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
 from pipeline.models import save_model
 from pipeline.store import Split, feature_shape, load_layers, read_attrs
@@ -60,11 +68,36 @@ def fit(estimator, train: Split, val: Split):
     return estimator
 
 
-def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: str | Path) -> dict[str, Any]:
+def search(estimator, config: ClassifierConfig, train: Split, cluster: str | None):
+    """Cross-validated search on the train split (on ``cluster`` when given); returns the refitted best and a record."""
+    searcher = build_search(estimator, config)
+    with joblib_backend(cluster):
+        searcher.fit(train.X, train.y)
+    prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
+    best = {key.removeprefix(prefix): value for key, value in searcher.best_params_.items()}
+    record = {
+        "method": config.search.method,
+        "scoring": config.search.scoring,
+        "cv": config.search.cv,
+        "candidates": len(searcher.cv_results_["params"]),
+        "best_params": {key: value.item() if hasattr(value, "item") else value for key, value in best.items()},
+        "best_score": float(searcher.best_score_),
+    }
+    log.info("%s: %s search over %d candidates, best %s = %.4f with %s", config.name, record["method"],
+             record["candidates"], record["scoring"], record["best_score"], record["best_params"])
+    return searcher.best_estimator_, record
+
+
+def train_classifier(
+    features: str | Path, config: ClassifierConfig, out_dir: str | Path, cluster: str | None = None
+) -> dict[str, Any]:
     """Fit ``config``'s estimator on the train split (val split for early stopping) and save it to ``out_dir``.
 
-    ``model.json`` records the fit time, the val accuracy and the per-epoch ``history`` (see ``training_history``).
+    With a ``search`` section the hyper-parameters are chosen first by cross-validation on the train split, in
+    parallel through joblib (on a Dask ``cluster`` when one is given). ``model.json`` records the fit time, the val
+    accuracy, the search result and the per-epoch ``history`` (see ``training_history``).
     """
+    configured_estimator(config)  # a wrong estimator or hyper-parameter fails before any file is read
     attrs = read_attrs(features)
     for layer in config.layers:
         check_one_of(f"classifiers.{config.name}.layer", layer, attrs["layers"])
@@ -76,7 +109,11 @@ def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: st
         config.name, config.estimator, " + ".join(config.layers), len(train.y), len(val.y), train.X.shape[1],
     )
     started = time.perf_counter()
-    fit(estimator, train, val)
+    searched = None
+    if config.search is not None:
+        estimator, searched = search(estimator, config, train, cluster)
+    else:
+        fit(estimator, train, val)
     fit_seconds = time.perf_counter() - started
     val_accuracy = float(np.mean(estimator.predict(val.X) == val.y))
     log.info("%s: fit in %.1f s, val accuracy %.4f", config.name, fit_seconds, val_accuracy)
@@ -94,6 +131,7 @@ def train_classifier(features: str | Path, config: ClassifierConfig, out_dir: st
         "features": {key: attrs[key] for key in FEATURE_KEYS},
         "fit_seconds": fit_seconds,
         "val_accuracy": val_accuracy,
+        "search": searched,
         "history": training_history(estimator),
     }
     save_model(estimator, out_dir, metadata)

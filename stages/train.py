@@ -13,8 +13,9 @@ def main() -> None:
     parser.add_argument("--features", required=True, help="features file (.h5)")
     parser.add_argument("--out", required=True, help="model directory to write")
     args = parser.parse_args()
-    config = ClassifierConfig.from_params(section(load_params(), "classifiers"), args.classifier)
-    train_classifier(args.features, config, args.out)
+    params = load_params()
+    config = ClassifierConfig.from_params(section(params, "classifiers"), args.classifier)
+    train_classifier(args.features, config, args.out, cluster=params.get("cluster"))
 
 
 if __name__ == "__main__":

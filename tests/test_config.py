@@ -21,7 +21,7 @@ from pipeline.config import (
 from pipeline.validation import ConfigError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-CLASSIFIER_KEYS = "['estimator', 'layer', 'params', 'pca', 'pool', 'scale']"
+CLASSIFIER_KEYS = "['estimator', 'layer', 'params', 'pca', 'pool', 'scale', 'search']"
 
 
 def extract(**overrides):
@@ -326,3 +326,21 @@ def test_to_params_round_trips():
     ))
     assert ExtractConfig.from_params(config.to_params()) == config
     json.dumps(config.to_params())
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ({"method": "bayes", "space": {"C": [1]}}, "search.method must be one of ['grid', 'random']"),
+        ({"space": {}}, "search.space must name at least one hyper-parameter"),
+        ({"space": {"C": 1}}, "search.space.C must be a non-empty list of values"),
+        ({"space": {"C": {"loguniform": [0.1, 1]}}}, "search.space.C must be a list of values. Received"),
+        ({"method": "random", "space": {"C": {"normal": [0, 1]}}}, "search.space.C distribution must be one of"),
+        ({"space": {"C": [1]}, "cv": 1}, "search.cv must be an integer >= 2"),
+        ({"space": {"C": [1]}, "n_jobs": 0}, "search.n_jobs must be -1 (all cores) or an integer >= 1"),
+        ({"grid": {"C": [1]}}, "unknown key search.grid"),
+    ],
+)
+def test_search_section_is_validated(search, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ClassifierConfig(name="c", estimator="knn", layer="l", search=search)

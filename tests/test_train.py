@@ -107,3 +107,32 @@ def test_concatenated_layers_train_evaluate_and_predict(features_file, tmp_path,
     stored = load_layers(features_file, config.layers, "test")
     expected = estimator.predict(stored.X[:3])
     assert [p.label for p in predictions] == [str(label) for label in expected]
+
+
+def test_grid_search_picks_by_cross_validation_and_records_it(features_file, tmp_path):
+    config = ClassifierConfig.from_params({"s": {
+        "estimator": "logistic_regression", "layer": "conv_pw_5_relu", "params": {"max_iter": 500},
+        "search": {"method": "grid", "space": {"C": [0.001, 1.0]}, "cv": 2, "n_jobs": 2},
+    }}, "s")
+    saved = train_classifier(features_file, config, tmp_path / "s")
+    record = saved["search"]
+    assert record["candidates"] == 2 and record["best_params"]["C"] in (0.001, 1.0)
+    estimator, _ = load_model(tmp_path / "s")
+    assert estimator[-1].C == record["best_params"]["C"] and estimator[-1].max_iter == 500
+
+
+def test_random_search_samples_distributions(features_file, tmp_path):
+    config = ClassifierConfig.from_params({"s": {
+        "estimator": "logistic_regression", "layer": "conv_pw_5_relu",
+        "search": {"method": "random", "space": {"C": {"loguniform": [0.01, 10]}}, "n_iter": 3, "cv": 2},
+    }}, "s")
+    record = train_classifier(features_file, config, tmp_path / "s")["search"]
+    assert record["candidates"] == 3 and 0.01 <= record["best_params"]["C"] <= 10
+
+
+def test_search_space_keys_are_checked_before_reading_features(tmp_path):
+    config = ClassifierConfig.from_params({"s": {
+        "estimator": "linear_svm", "layer": "l", "search": {"space": {"c": [1, 2]}},
+    }}, "s")
+    with pytest.raises(ConfigError, match=r"unknown hyper-parameter classifiers.s.search.space.c for linear_svm; did you mean 'C'\?"):
+        train_classifier(tmp_path / "absent.h5", config, tmp_path / "s")
