@@ -14,7 +14,7 @@ def stage(name, *args):
 def test_unknown_classifier_names_the_configured_ones():
     result = stage("train", "no_such_clf", "--features", "data/features.h5", "--out", "/tmp/unused")
     assert result.returncode == 2
-    assert "classifier must be one of ['dense_head', 'linear_svm', 'logreg']. Received: classifier='no_such_clf'" in result.stderr
+    assert "classifier must be one of ['dense_head', 'linear_svm', 'logreg', 'logreg_search']. Received: classifier='no_such_clf'" in result.stderr
 
 
 def test_a_folder_that_is_no_model_is_refused(tmp_path):
