@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,14 @@ def resolve(batch_size: int | str, mixed_precision: bool, xla: bool) -> Compute:
     return Compute(gpus=gpus, batch_size=batch_size, mixed_precision=mixed_precision, xla=xla)
 
 
-def set_precision(mixed_precision: bool) -> None:
-    """Set Keras's global dtype policy before the backbone is built: mixed_float16 or float32."""
+@contextlib.contextmanager
+def precision(mixed_precision: bool) -> Iterator[None]:
+    """Build models inside the block under mixed_float16 or float32, then restore Keras's global dtype policy."""
     import keras
 
+    before = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)

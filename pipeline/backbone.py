@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import weights as offline
+from pipeline.config import PREPROCESSING_MODES
 from pipeline.validation import ConfigError, check_one_of, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,8 @@ def load_keras_file(
         raise ConfigError(f"extract.backbone {str(path)!r} is not a file; use a .keras file or one of {sorted(ARCHITECTURES)}")
     if preprocessing is None:
         raise ConfigError(
-            f"extract.preprocessing must be one of ['caffe', 'none', 'tf', 'torch'] for a .keras backbone "
-            f"(the input scaling it was trained with). Received: preprocessing=None"
+            f"extract.preprocessing must be one of {sorted(PREPROCESSING_MODES)} for a .keras backbone "
+            "(the input scaling it was trained with). Received: preprocessing=None"
         )
     if weights == "imagenet":
         raise ConfigError(

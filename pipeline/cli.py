@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from pipeline.config import COMPRESSIONS, DTYPES, ON_ERROR, POOLINGS, ExtractConfig, load_params, section

@@ -121,9 +121,9 @@ def skipped_report_path(out: str | Path) -> Path:
 def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path) -> Path:
     """Run the frozen backbone over every image of ``manifest`` in batches and write ``out`` (HDF5), resumably."""
     compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
-    accelerate.set_precision(compute.mixed_precision)
-    backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
-    model = backbone.feature_model(config.layer_names)
+    with accelerate.precision(compute.mixed_precision):
+        backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
+        model = backbone.feature_model(config.layer_names)
     if compute.xla:
         model.compile(jit_compile=True)
     layers = {

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,19 +147,6 @@ def recorded_config(model_dir: Path, metadata: dict[str, Any]) -> tuple[ExtractC
     return config, tuple(specs[layer] for layer in metadata["layers"])
 
 
-@contextlib.contextmanager
-def _precision(mixed_precision: bool) -> Iterator[None]:
-    """Build under the extraction's dtype policy, then restore the global policy."""
-    import keras
-
-    before = keras.mixed_precision.global_policy()
-    accelerate.set_precision(mixed_precision)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(before)
-
-
 def check_weights(model_dir: Path, metadata: dict[str, Any], backbone: Backbone) -> None:
     """Refuse a backbone whose weights are not the ones the model's features came from."""
     recorded = metadata["features"].get("weights_sha256")
@@ -218,7 +204,7 @@ def load_predictor(model_dir: str | Path, batch_size: int | None = None) -> Pred
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
     compute = accelerate.resolve(batch_size or config.batch_size, config.mixed_precision, config.xla)
-    with _precision(compute.mixed_precision):
+    with accelerate.precision(compute.mixed_precision):
         backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
         check_weights(model_dir, metadata, backbone)
         model = feature_model(model_dir, backbone, [spec.name for spec in specs])
