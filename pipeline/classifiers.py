@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
@@ -30,7 +33,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
     Dense(units) -> BatchNormalization -> ReLU -> Dropout -> Dense(n_classes, softmax), trained with Adam on
     sparse categorical cross-entropy. With ``normalize`` the first layer is a ``keras.layers.Normalization``
     adapted to the training features, so the saved ``.keras`` model maps raw features to probabilities.
-    ``fit(X, y, validation_data=(X_val, y_val))`` stops early on the validation loss and keeps the best weights.
+    ``fit(X, y, validation_data=(X_val, y_val))`` stops early on the validation loss and keeps the best weights;
+    ``fit_stream`` trains the same way on blocks streamed from HDF5 (``pipeline.stream``).
     """
 
     def __init__(
@@ -57,17 +61,19 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.verbose = verbose
 
-    def _build(self, X: np.ndarray, n_classes: int):
+    def _build(
+        self, n_features: int, n_classes: int, mean: np.ndarray | None = None, variance: np.ndarray | None = None
+    ):
+        """The compiled model; ``mean`` and ``variance`` of the training features are needed with ``normalize``."""
         import keras
 
         keras.utils.set_random_seed(self.seed)
-        inputs = keras.Input((X.shape[1],), name="features")
+        inputs = keras.Input((n_features,), name="features")
         x = inputs
         if self.normalize:
             # Like StandardScaler: constant features (common after ReLU) are centred, not divided by ~0.
-            variance = X.var(axis=0)
-            variance[variance < 1e-12] = 1.0
-            x = keras.layers.Normalization(mean=X.mean(axis=0), variance=variance, name="standardize")(x)
+            variance = np.where(variance < 1e-12, 1.0, variance)
+            x = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
         x = keras.layers.Dense(self.units, use_bias=not self.batch_norm, name="dense")(x)
         if self.batch_norm:
             x = keras.layers.BatchNormalization(momentum=0.9, name="batch_norm")(x)
@@ -88,25 +94,69 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"labels {sorted(set(np.asarray(y).tolist()) - set(self.classes_.tolist()))} were not seen in fit")
         return index
 
-    def fit(self, X, y, validation_data: tuple[np.ndarray, np.ndarray] | None = None):
+    def _train(self, x, validation, callbacks=(), **fit_kwargs):
+        """``model_.fit`` for ``epochs``, stopping early on ``validation`` (when given) with the best weights kept."""
         import keras
 
-        X = np.asarray(X, dtype=np.float32)
-        self.classes_ = np.unique(y)
-        self.n_features_in_ = X.shape[1]
-        self.model_ = self._build(X, len(self.classes_))
-        callbacks, validation = [], None
-        if validation_data is not None:
-            X_val, y_val = validation_data
-            validation = (np.asarray(X_val, dtype=np.float32), self._encode(np.asarray(y_val)))
+        callbacks = list(callbacks)
+        if validation is not None:
             callbacks.append(
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience, restore_best_weights=True)
             )
-        history = self.model_.fit(
-            X, self._encode(np.asarray(y)), epochs=self.epochs, batch_size=self.batch_size,
-            validation_data=validation, callbacks=callbacks, verbose=self._verbosity(), shuffle=True,
-        )
+        history = self.model_.fit(x, epochs=self.epochs, validation_data=validation, callbacks=callbacks, **fit_kwargs)
         self.history_ = history.history
+
+    def fit(self, X, y, validation_data: tuple[np.ndarray, np.ndarray] | None = None):
+        X = np.asarray(X, dtype=np.float32)
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = X.shape[1]
+        moments = (X.mean(axis=0), X.var(axis=0)) if self.normalize else ()
+        self.model_ = self._build(X.shape[1], len(self.classes_), *moments)
+        validation = None
+        if validation_data is not None:
+            X_val, y_val = validation_data
+            validation = (np.asarray(X_val, dtype=np.float32), self._encode(np.asarray(y_val)))
+        self._train(
+            X, validation, y=self._encode(np.asarray(y)), batch_size=self.batch_size, verbose=self._verbosity(),
+            shuffle=True,
+        )
+        return self
+
+    def fit_stream(self, train, classes: np.ndarray, validation=None):
+        """Fit on a block stream (``pipeline.stream.BlockStream``) without holding the split in memory.
+
+        ``train(epoch)`` yields blocks (``Split``) shuffled for that epoch, ``train(None)`` in file order, and
+        ``len(train)`` is the row count; ``validation`` is the same for the val split, for early stopping. The
+        normalization statistics come from one pass; batches of ``batch_size`` span block boundaries. With
+        ``verbose="auto"`` a terminal gets Keras's progress bar; every epoch is logged.
+        """
+        import keras
+
+        self.classes_ = np.unique(classes)
+        if self.normalize:
+            moments = fit_scaler(train(None))
+            self.n_features_in_ = moments.n_features_in_
+            self.model_ = self._build(self.n_features_in_, len(self.classes_), moments.mean_, moments.var_)
+        else:
+            with contextlib.closing(train(None)) as blocks:
+                self.n_features_in_ = next(blocks).X.shape[1]
+            self.model_ = self._build(self.n_features_in_, len(self.classes_))
+        batches = _block_batches(train, self.batch_size, self._encode, shuffle=True)
+        val_batches = (
+            None if validation is None else _block_batches(validation, self.batch_size, self._encode, shuffle=False)
+        )
+        logger = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: log.info(
+                "epoch %d/%d: %s", epoch + 1, self.epochs, ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            )
+        )
+        verbose = (1 if sys.stdout.isatty() else 0) if self.verbose == "auto" else self.verbose
+        try:
+            self._train(batches, val_batches, callbacks=[logger], verbose=verbose, shuffle=False)
+        finally:
+            for dataset in (batches, val_batches):
+                if dataset is not None:
+                    dataset.close()
         return self
 
     def _verbosity(self) -> int:
@@ -121,6 +171,95 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+# StandardScaler.partial_fit makes float64 temporaries of about twice its input and IncrementalPCA's SVD several
+# times its input, so out-of-core fitting feeds them parts of blocks of about this many bytes.
+PART_BYTES = 1 << 20
+
+
+def row_parts(X: np.ndarray, min_rows: int = 1) -> Iterator[np.ndarray]:
+    """Consecutive row slices (views) of ``X`` of about ``PART_BYTES``, at least ``min_rows`` rows but the last."""
+    rows = max(min_rows, PART_BYTES // max(1, X[:1].nbytes))
+    for start in range(0, len(X), rows):
+        yield X[start : start + rows]
+
+
+def fit_scaler(blocks: Iterable, scaler: StandardScaler | None = None) -> StandardScaler:
+    """``scaler`` (a new StandardScaler by default) fitted in one pass over ``blocks`` (``Split``), part by part."""
+    scaler = StandardScaler() if scaler is None else scaler
+    for block in blocks:
+        for part in row_parts(block.X):
+            scaler.partial_fit(part)
+        del block, part  # not held while the next block is read
+    return scaler
+
+
+def _batches(stream, epoch: int | None, batch_size: int):
+    """One pass over ``stream(epoch)`` as ``(X, y)`` batches of ``batch_size`` rows (the last one may be short);
+    a batch may span two blocks."""
+    X_parts, y_parts, pending = [], [], 0
+    for block in stream(epoch):
+        start = 0
+        while start < len(block.y):
+            stop = min(start + batch_size - pending, len(block.y))
+            X_parts.append(block.X[start:stop])
+            y_parts.append(block.y[start:stop])
+            pending, start = pending + stop - start, stop
+            if pending == batch_size:
+                yield np.concatenate(X_parts), np.concatenate(y_parts)
+                X_parts, y_parts, pending = [], [], 0
+        if pending:  # copies, so that no view keeps the block
+            X_parts, y_parts = [np.concatenate(X_parts)], [np.concatenate(y_parts)]
+        del block  # not held while the next block is read
+    if pending:
+        yield np.concatenate(X_parts), np.concatenate(y_parts)
+
+
+def _block_batches(stream, batch_size: int, encode: Callable[[np.ndarray], np.ndarray], shuffle: bool):
+    """A ``keras.utils.PyDataset`` of batches read in order from ``stream`` (one worker).
+
+    Keras requests each pass's batches in order from index 0, which starts a new pass over the blocks (with
+    ``shuffle`` a new epoch, seeded by the count of passes started; Keras's peek at the first batches counts as
+    one). ``close()`` ends the pass being read, closing its file.
+    """
+    import keras
+
+    class BlockBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.lock = threading.Lock()
+            self.passes = self.position = 0
+            self.pass_batches = None
+
+        @property
+        def num_batches(self) -> int:
+            return math.ceil(len(stream) / batch_size)
+
+        def __getitem__(self, index: int):
+            with self.lock:
+                if index == 0:
+                    self.close_pass()
+                    self.pass_batches = _batches(stream, self.passes if shuffle else None, batch_size)
+                    self.passes, self.position = self.passes + 1, 0
+                if self.pass_batches is None or index != self.position:
+                    raise IndexError(
+                        f"batches of a block stream are read in order: expected {self.position}, got {index}"
+                    )
+                self.position += 1
+                X, y = next(self.pass_batches)
+                return X.astype(np.float32, copy=False), encode(y)
+
+        def close_pass(self):
+            if self.pass_batches is not None:
+                self.pass_batches.close()
+                self.pass_batches = None
+
+        def close(self):
+            with self.lock:
+                self.close_pass()
+
+    return BlockBatches()
 
 
 # Seeded where the estimator is random, so a re-run gives the same model.

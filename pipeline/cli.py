@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.config import COMPRESSIONS, DTYPES, ON_ERROR, POOLINGS, ExtractConfig, load_params, section
 from pipeline.entry import run
+from pipeline.validation import format_bytes
 
 
 def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) -> list[tuple[str, tuple, int]]:
@@ -28,20 +29,12 @@ def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) ->
     ]
 
 
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def cmd_layers(args: argparse.Namespace) -> None:
     rows = describe_layers(args.backbone, tuple(args.input_size) if args.input_size else None)
     width = max(len(name) for name, _, _ in rows)
     print(f"{'layer':<{width}}  {'output shape':<20}  bytes/image (float32)")
     for name, shape, size in rows:
-        print(f"{name:<{width}}  {str(shape):<20}  {human_bytes(size)}")
+        print(f"{name:<{width}}  {str(shape):<20}  {format_bytes(size)}")
 
 
 def extract_config(args: argparse.Namespace) -> ExtractConfig:

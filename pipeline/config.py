@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.validation import (
     ConfigError,
+    check_bytes,
     check_fraction,
     check_int,
     check_keys,
@@ -26,6 +27,8 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
 PREPROCESSING_MODES = ("none", "tf", "torch", "caffe")
 COMPRESSIONS = ("gzip", "lzf")
 ON_ERROR = ("skip", "fail")
+# The raw-pixel baseline's dataset in a features file: the decoded images, downscaled (extract.pixels).
+PIXELS = "pixels"
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -130,6 +133,7 @@ class ExtractConfig:
     on_error: str = "skip"
     mixed_precision: bool = False
     xla: bool = False
+    pixels: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self):
@@ -157,11 +161,18 @@ class ExtractConfig:
                 raise ConfigError(f"extract.{flag} must be true or false. Received: {getattr(self, flag)!r}")
         if isinstance(self.split, Mapping):
             object.__setattr__(self, "split", SplitConfig.from_params(self.split))
+        if self.pixels is not None:
+            check_int("extract.pixels", self.pixels, minimum=1)
         if not self.layers:
             raise ConfigError("extract.layers must name at least one layer.")
         names = [spec.name for spec in self.layers]
         if len(set(names)) != len(names):
             raise ConfigError(f"extract.layers must not repeat a layer. Received: {names}")
+        if PIXELS in names:
+            raise ConfigError(
+                f"extract.layers must not name {PIXELS!r}: it is the raw-pixel baseline, set by extract.pixels "
+                "(a side length, e.g. 16)"
+            )
 
     @classmethod
     def from_params(cls, mapping: Any) -> ExtractConfig:
@@ -173,7 +184,14 @@ class ExtractConfig:
 
     @property
     def layer_names(self) -> list[str]:
+        """The backbone layers, in order (the forward pass's outputs)."""
         return [spec.name for spec in self.layers]
+
+    @property
+    def stored_layers(self) -> tuple[LayerSpec, ...]:
+        """Every dataset under ``/features``: the backbone layers, then ``pixels`` when ``extract.pixels`` is set."""
+        pixels = (LayerSpec(PIXELS, pooling="none", dtype="float32"),) if self.pixels is not None else ()
+        return (*self.layers, *pixels)
 
     def to_params(self) -> dict[str, Any]:
         """This config as a params.yaml ``extract`` section: ``ExtractConfig.from_params(c.to_params()) == c``."""
@@ -259,9 +277,18 @@ class SearchConfig:
         return _from_mapping(cls, "search", mapping, required=("space",))
 
 
+OUT_OF_CORE = ("auto", True, False)
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """One entry of the ``classifiers`` section: which estimator, on which layer, with which hyper-parameters."""
+    """One entry of the ``classifiers`` section (which estimator, with which hyper-parameters), on one layer.
+
+    ``layer`` comes from the DVC matrix (``train.layers``), not from the entry: a name, or names joined by ``+``
+    (or a list) whose features are concatenated. ``out_of_core``: ``auto`` streams from HDF5 when the train
+    features exceed ``train.memory_budget``; ``true`` always, ``false`` never. ``passes`` is the number of passes
+    over the train split when streaming into ``partial_fit`` (the Keras head uses its own ``epochs``).
+    """
 
     name: str
     estimator: str
@@ -271,16 +298,20 @@ class ClassifierConfig:
     pca: int | float | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     search: SearchConfig | None = None
+    out_of_core: str | bool = "auto"
+    passes: int = 5
 
     def __post_init__(self):
         if isinstance(self.search, Mapping):
             object.__setattr__(self, "search", SearchConfig.from_params(self.search))
-        layers = [self.layer] if isinstance(self.layer, str) else self.layer
+        layers = self.layer.split("+") if isinstance(self.layer, str) else self.layer
         if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
             raise ConfigError(
-                f"classifiers.{self.name}.layer must be a layer name or a list of them (concatenated). "
+                f"classifiers.{self.name}.layer must be a layer name, or names joined by '+' (concatenated). "
                 f"Received: layer={self.layer!r}"
             )
+        check_one_of(f"classifiers.{self.name}.out_of_core", self.out_of_core, OUT_OF_CORE)
+        check_int(f"classifiers.{self.name}.passes", self.passes, minimum=1)
         object.__setattr__(self, "layer", layers[0] if len(layers) == 1 else tuple(layers))
         if not isinstance(self.scale, bool):
             raise ConfigError(f"classifiers.{self.name}.scale must be true or false. Received: {self.scale!r}")
@@ -305,13 +336,71 @@ class ClassifierConfig:
         """The layer names whose features are concatenated, in order (one name for a single layer)."""
         return (self.layer,) if isinstance(self.layer, str) else self.layer
 
+    @property
+    def run(self) -> str:
+        """``classifier/layer``: this matrix cell's name, as in its model and evaluation folders."""
+        return f"{self.name}/{'+'.join(self.layers)}"
+
     @classmethod
-    def from_params(cls, classifiers: Any, name: str) -> ClassifierConfig:
+    def from_params(cls, classifiers: Any, name: str, layer: str | Sequence[str]) -> ClassifierConfig:
         classifiers = check_keys("classifiers", classifiers, list(classifiers or {}) if isinstance(classifiers, Mapping) else [])
         check_one_of("classifier", name, list(classifiers))
-        allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
-        entry = check_keys(f"classifiers.{name}", classifiers[name], allowed, required=["estimator", "layer"])
-        return cls(name=name, **entry)
+        if isinstance(classifiers[name], Mapping) and "layer" in classifiers[name]:
+            raise ConfigError(
+                f"classifiers.{name}.layer is not a classifier setting: every classifier is trained on every "
+                "entry of train.layers (the DVC matrix); list layers there"
+            )
+        allowed = [f.name for f in dataclasses.fields(cls) if f.name not in ("name", "layer")]
+        entry = check_keys(f"classifiers.{name}", classifiers[name], allowed, required=["estimator"])
+        return cls(name=name, layer=layer, **entry)
+
+
+# Peak memory of out-of-core training in blocks of chunk_size bytes (measured: the block being learnt, the next one
+# being read, and the float64 temporaries of scaling and the estimators), so chunk_size <= memory_budget / 4.
+STREAM_BLOCKS = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` section: the layers every classifier is trained on (the matrix) and the memory bound.
+
+    ``layers`` entries are a stored dataset name (a backbone layer, or ``pixels`` for the raw-pixel baseline) or
+    names joined by ``+``, concatenated. Training streams from HDF5 in blocks of ``chunk_size`` bytes when a
+    layer's train features exceed ``memory_budget`` (see ``ClassifierConfig.out_of_core``). ``cluster`` is where
+    hyper-parameter searches run (``pipeline.cluster.joblib_backend``): it changes where, not what, so the train
+    stages do not depend on it.
+    """
+
+    layers: tuple[str, ...]
+    memory_budget: int = 2 << 30
+    chunk_size: int = 64 << 20
+    cluster: str | None = None
+
+    def __post_init__(self):
+        layers = self.layers
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers or not all(
+            isinstance(n, str) and n and all(part for part in n.split("+")) for n in layers
+        ):
+            raise ConfigError(
+                f"train.layers must be a non-empty list of layer names (a+b concatenates). Received: layers={layers!r}"
+            )
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"train.layers must not repeat an entry. Received: layers={list(layers)}")
+        object.__setattr__(self, "layers", tuple(layers))
+        object.__setattr__(self, "memory_budget", check_bytes("train.memory_budget", self.memory_budget))
+        object.__setattr__(self, "chunk_size", check_bytes("train.chunk_size", self.chunk_size))
+        if self.cluster is not None and not isinstance(self.cluster, str):
+            raise ConfigError(f"train.cluster must be null, 'local:N' or 'tcp://host:port'. Received: cluster={self.cluster!r}")
+        if self.chunk_size * STREAM_BLOCKS > self.memory_budget:
+            raise ConfigError(
+                f"train.chunk_size must be at most train.memory_budget / {STREAM_BLOCKS} (streaming holds about "
+                f"{STREAM_BLOCKS} blocks' worth at its peak). Received: chunk_size={self.chunk_size}, "
+                f"memory_budget={self.memory_budget}"
+            )
+
+    @classmethod
+    def from_params(cls, mapping: Any) -> TrainConfig:
+        return _from_mapping(cls, "train", mapping, required=("layers",))
 
 
 def config_hash(identity: Mapping[str, Any]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,42 @@ from sklearn.metrics import (
 
 from pipeline.atomic import atomic_file, write_json
 from pipeline.models import load_model
-from pipeline.store import load_layers, read_attrs
+from pipeline.plots import heatmap
+from pipeline.store import iter_chunks, read_attrs
 from pipeline.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
-# Above this many classes the confusion PNG leaves its cells unlabelled (the numbers would not fit).
-MAX_ANNOTATED_CLASSES = 30
+CHUNK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A model's outputs on one split: true and predicted labels, class probabilities (None without
+    ``predict_proba``), and the seconds spent predicting."""
+
+    y: np.ndarray
+    predicted: np.ndarray
+    proba: np.ndarray | None
+    seconds: float
+
+
+def predictions(
+    estimator, features: str | Path, layers: Sequence[str], split: str, n_classes: int, chunk_bytes: int = CHUNK_BYTES
+) -> Predictions:
+    """Predict ``split`` block by block from HDF5 (about ``chunk_bytes`` of features at a time, never all of it)."""
+    ys, predicted, probas, seconds = [], [], [], 0.0
+    for block in iter_chunks(features, layers, split, chunk_bytes):
+        started = time.perf_counter()
+        predicted.append(estimator.predict(block.X))
+        seconds += time.perf_counter() - started
+        if hasattr(estimator, "predict_proba"):
+            probas.append(class_probabilities(estimator, block.X, n_classes))
+        ys.append(block.y)
+    return Predictions(
+        np.concatenate(ys), np.concatenate(predicted), np.concatenate(probas) if probas else None, seconds
+    )
 
 
 def evaluate_model(
@@ -48,15 +78,13 @@ def evaluate_model(
             f"but {features} has {attrs['config_hash']}; retrain it on these features"
         )
     names = list(attrs["class_names"])
-    data = load_layers(features, metadata["layers"], split)
-    started = time.perf_counter()
-    predicted = estimator.predict(data.X)
-    predict_seconds = time.perf_counter() - started
-    proba = class_probabilities(estimator, data.X, len(names)) if hasattr(estimator, "predict_proba") else None
+    data = predictions(estimator, features, metadata["layers"], split, len(names))
+    y, predicted = data.y, data.predicted
     metrics = {
-        **score(data.y, predicted, proba, len(names)),
+        **score(y, predicted, data.proba, len(names)),
+        "val_accuracy": float(metadata["val_accuracy"]),
         "fit_seconds": float(metadata["fit_seconds"]),
-        "predict_seconds": predict_seconds,
+        "predict_seconds": data.seconds,
     }
 
     out_dir = Path(out_dir)
@@ -65,12 +93,15 @@ def evaluate_model(
         f"{split} accuracy {metrics['accuracy']:.3f} (n={metrics['n']})"
     )
     with atomic_file(out_dir / "confusion.png") as tmp:
-        plot_confusion(confusion_matrix(data.y, predicted, labels=range(len(names))), names, title, tmp)
+        heatmap(
+            confusion_matrix(y, predicted, labels=range(len(names))), names, names, tmp,
+            title=title, xlabel="predicted class", ylabel="actual class", colorbar="images",
+        )
     write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "per_class.json", per_class(data.y, predicted, names))
+    write_json(out_dir / "per_class.json", per_class(y, predicted, names))
     write_json(
         out_dir / "confusion.json",
-        [{"actual": names[a], "predicted": names[p]} for a, p in zip(data.y.tolist(), predicted.tolist())],
+        [{"actual": names[a], "predicted": names[p]} for a, p in zip(y.tolist(), predicted.tolist())],
     )
     write_json(out_dir / "learning_curve.json", metadata.get("history", []))
     log.info("%s on %s split: %s", metadata["classifier"], split, metrics)
@@ -116,30 +147,3 @@ def per_class(y: np.ndarray, predicted: np.ndarray, names: list[str]) -> list[di
         {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for name, p, r, f, s in zip(names, precision, recall, f1, support)
     ]
-
-
-def plot_confusion(counts: np.ndarray, names: list[str], title: str, path: str | Path) -> None:
-    """Write ``counts`` (rows actual, columns predicted) as a PNG heat map with the counts in the cells."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = len(names)
-    side = min(max(6.0, 0.45 * n + 3.0), 30.0)
-    fig = Figure(figsize=(side, side), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(counts, cmap="Blues", vmin=0)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
-    ax.set_xticks(range(n), labels=names, rotation=90 if max(map(len, names), default=0) > 3 else 0)
-    ax.set_yticks(range(n), labels=names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("actual class")
-    ax.set_title(title)
-    if n <= MAX_ANNOTATED_CLASSES:
-        threshold = counts.max() / 2 if counts.size else 0
-        for (row, column), count in np.ndenumerate(counts):
-            ax.text(
-                column, row, str(count), ha="center", va="center", fontsize=9,
-                color="white" if count > threshold else "black",
-            )
-    fig.savefig(path, format="png", dpi=100)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pipeline import __version__, accelerate
 from pipeline.atomic import atomic_file
 from pipeline.backbone import Backbone, load_backbone
-from pipeline.config import ExtractConfig, config_hash
+from pipeline.config import PIXELS, ExtractConfig, config_hash
 from pipeline.dataset import Manifest, read_images
 from pipeline.images import iter_batches
 from pipeline.store import FeatureWriter
@@ -34,6 +34,17 @@ def pool(values: np.ndarray, pooling: str) -> np.ndarray:
 def pooled_shape(shape: tuple[int, ...], pooling: str) -> tuple[int, ...]:
     """The per-image shape ``pool`` leaves of a ``(h, w, c)`` map (or of an already flat vector)."""
     return shape if pooling == "none" or len(shape) < 2 else shape[-1:]
+
+
+def downscale(images: np.ndarray, side: int) -> np.ndarray:
+    """The raw-pixel baseline: decoded ``(batch, h, w, 3)`` uint8 images box-filtered to ``side`` x ``side``, as
+    float32 in [0, 255] (the same decoded images the backbone sees, before its preprocessing)."""
+    from PIL import Image
+
+    out = np.empty((len(images), side, side, images.shape[-1]), dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(image).resize((side, side), Image.BOX), dtype=np.float32)
+    return out
 
 
 def run_batch(model, batch: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -96,9 +107,10 @@ def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, co
         "input_size": list(backbone.input_size),
         "interpolation": config.interpolation,
         "preprocessing": backbone.preprocessing,
-        "layers": [spec.name for spec in config.layers],
-        "pooling": {spec.name: spec.pooling for spec in config.layers},
-        "dtype": {spec.name: spec.dtype for spec in config.layers},
+        "layers": [spec.name for spec in config.stored_layers],
+        "pooling": {spec.name: spec.pooling for spec in config.stored_layers},
+        "dtype": {spec.name: spec.dtype for spec in config.stored_layers},
+        "pixels": config.pixels if config.pixels is not None else "null",
         "mixed_precision": compute.mixed_precision,
         "xla": compute.xla,
         "batch_size": compute.batch_size,
@@ -130,6 +142,8 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
         spec.name: (pooled_shape(tuple(output.shape[1:]), spec.pooling), spec.dtype)
         for spec, output in zip(config.layers, model.outputs)
     }
+    if config.pixels is not None:
+        layers[PIXELS] = ((config.pixels, config.pixels, 3), "float32")
     attrs = provenance(config, backbone, manifest, compute)
     log.info(
         "extracting %s from %s at %s for %d images: %s",
@@ -149,11 +163,14 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
         for batch in batches:
             rows = batch.indices
             outputs = batch_features(model, backbone, batch.images, compute.batch_size) if len(rows) else []
+            features = {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)}
+            if config.pixels is not None and len(rows):
+                features[PIXELS] = downscale(batch.images, config.pixels)
             for position, message in batch.errors:
                 log.warning("skipped %s", message)
             writer.write(
                 batch.stop,
-                {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)},
+                features,
                 [manifest.paths[i] for i in rows],
                 manifest.labels[rows],
                 [manifest.splits[i] for i in rows],

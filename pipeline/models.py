@@ -25,11 +25,16 @@ PREPROCESS = "preprocess.joblib"
 FORMAT_VERSION = 1
 
 
-def library_versions() -> dict[str, str]:
-    import keras
+def library_versions(keras_model: bool) -> dict[str, str]:
+    """The versions a saved model depends on (Keras only for a Keras head: importing it costs seconds)."""
     import sklearn
 
-    return {"scikit-learn": sklearn.__version__, "joblib": joblib.__version__, "numpy": np.__version__, "keras": keras.__version__}
+    versions = {"scikit-learn": sklearn.__version__, "joblib": joblib.__version__, "numpy": np.__version__}
+    if keras_model:
+        import keras
+
+        versions["keras"] = keras.__version__
+    return versions
 
 
 def save_model(estimator: BaseEstimator, out_dir: str | Path, metadata: dict[str, Any]) -> Path:
@@ -49,7 +54,7 @@ def save_model(estimator: BaseEstimator, out_dir: str | Path, metadata: dict[str
             filename = "model.joblib"
             joblib.dump(estimator, tmp / filename)
             extra = {}
-        record = {"format_version": FORMAT_VERSION, "file": filename, **metadata, **extra, "versions": library_versions()}
+        record = {"format_version": FORMAT_VERSION, "file": filename, **metadata, **extra, "versions": library_versions(filename == "model.keras")}
         (tmp / METADATA).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
 

@@ -14,9 +14,9 @@ import numpy as np
 from pipeline import accelerate
 from pipeline.atomic import atomic_file
 from pipeline.backbone import Backbone, load_backbone
-from pipeline.config import ExtractConfig, LayerSpec, config_hash
+from pipeline.config import PIXELS, ExtractConfig, LayerSpec, config_hash
 from pipeline.dataset import IMAGE_EXTENSIONS, image_files
-from pipeline.extract import batch_features, feature_identity, pool, pooled_shape
+from pipeline.extract import batch_features, downscale, feature_identity, pool, pooled_shape
 from pipeline.images import iter_batches
 from pipeline.models import load_model
 from pipeline.validation import ConfigError, check_int
@@ -58,7 +58,7 @@ class Predictor:
     config: ExtractConfig
     specs: tuple[LayerSpec, ...]  # the model's layers as extracted (name, pooling, storage dtype), concatenated in order
     backbone: Backbone
-    feature_model: Any
+    feature_model: Any  # the backbone sub-model for the specs' backbone layers; None for a pixels-only model
     batch_size: int
 
     @property
@@ -70,10 +70,14 @@ class Predictor:
         return PROBABILITY if hasattr(self.estimator, "predict_proba") else SCORE
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        """Flat features of decoded uint8 images: the extract stage's preprocess, forward pass, pooling and dtype."""
-        outputs = batch_features(self.feature_model, self.backbone, images, self.batch_size)
-        stored = [pool(values, spec.pooling).astype(spec.dtype, copy=False) for spec, values in zip(self.specs, outputs)]
-        return np.hstack([values.reshape(len(values), -1) for values in stored])
+        """Flat features of decoded uint8 images: the extract stage's preprocess, forward pass, pooling and dtype
+        (and its downscale for the raw-pixel baseline)."""
+        outputs = iter(batch_features(self.feature_model, self.backbone, images, self.batch_size) if self.feature_model else ())
+        parts = []
+        for spec in self.specs:
+            values = downscale(images, self.config.pixels) if spec.name == PIXELS else pool(next(outputs), spec.pooling)
+            parts.append(values.astype(spec.dtype, copy=False).reshape(len(values), -1))
+        return np.hstack(parts)
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """``(n, n_classes)`` probabilities, or decision scores when the estimator has no ``predict_proba``."""
@@ -137,7 +141,7 @@ def recorded_config(model_dir: Path, metadata: dict[str, Any]) -> tuple[ExtractC
             "of this pipeline); train it again to predict with it"
         )
     config = ExtractConfig.from_params(features["extract_config"])
-    specs = {spec.name: spec for spec in config.layers}
+    specs = {spec.name: spec for spec in config.stored_layers}
     for layer in metadata["layers"]:
         if layer not in specs:
             raise ConfigError(
@@ -164,17 +168,22 @@ def check_weights(model_dir: Path, metadata: dict[str, Any], backbone: Backbone)
         )
 
 
-def feature_model(model_dir: Path, backbone: Backbone, layers: Sequence[str]):
-    """The backbone sub-model with the outputs the model needs; an absent layer is a ConfigError."""
+def feature_model(model_dir: Path, backbone: Backbone, specs: Sequence[LayerSpec]):
+    """The backbone sub-model with the outputs the model needs (None if it needs pixels only); an absent layer is a
+    ConfigError."""
+    layers = [spec.name for spec in specs if spec.name != PIXELS]
+    if not layers:
+        return None
     try:
-        return backbone.feature_model(list(layers))
+        return backbone.feature_model(layers)
     except ConfigError as error:
         raise ConfigError(f"model {model_dir} needs {error}") from error
 
 
-def check_width(model_dir: Path, estimator: Any, specs: Sequence[LayerSpec], model) -> None:
+def check_width(model_dir: Path, estimator: Any, specs: Sequence[LayerSpec], model, pixels: int | None) -> None:
     """Refuse when the layers' stored width differs from the number of features the classifier was fitted on."""
-    shapes = [tuple(output.shape[1:]) for output in model.outputs]
+    outputs = iter(model.outputs if model is not None else ())
+    shapes = [(pixels, pixels, 3) if spec.name == PIXELS else tuple(next(outputs).shape[1:]) for spec in specs]
     width = sum(int(np.prod(pooled_shape(shape, spec.pooling), dtype=np.int64)) for spec, shape in zip(specs, shapes))
     expected = getattr(estimator, "n_features_in_", None)
     if expected is not None and int(expected) != width:
@@ -207,10 +216,10 @@ def load_predictor(model_dir: str | Path, batch_size: int | None = None) -> Pred
     with accelerate.precision(compute.mixed_precision):
         backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
         check_weights(model_dir, metadata, backbone)
-        model = feature_model(model_dir, backbone, [spec.name for spec in specs])
+        model = feature_model(model_dir, backbone, specs)
     check_compute(model_dir, metadata, config, backbone, compute)
-    check_width(model_dir, estimator, specs, model)
-    if compute.xla:
+    check_width(model_dir, estimator, specs, model, config.pixels)
+    if compute.xla and model is not None:
         model.compile(jit_compile=True)
     log.info(
         "model %s: %s on %s of %s at %s, %d classes",

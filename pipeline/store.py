@@ -1,11 +1,11 @@
-"""Features in HDF5: a writer (temporary file, row chunks, ``complete`` flag, atomic rename) and readers."""
+"""Features in HDF5: a resumable writer (temporary file, row chunks, atomic rename) and readers (splits, blocks, dask)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import temporary_sibling
-from pipeline.validation import ConfigError, check_one_of
+from pipeline.validation import ConfigError, check_int, check_one_of
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +200,23 @@ def _decode(value: Any, is_json: bool) -> Any:
 
 def load_split(path: str | Path, layer: str, split: str, flatten: bool = False) -> Split:
     """Read one layer's rows of one split (``train``, ``val`` or ``test``) into memory; ``flatten`` gives 2-D X."""
+    data = load_layers(path, [layer], split)
+    if flatten:
+        return data
     with open_features(path) as f:
-        check_one_of("layer", layer, list(f["features"]))
-        selection = split_rows(f, split)
-        X = f["features"][layer][selection]
-        return Split(X=X.reshape(len(X), -1) if flatten else X, y=f["labels"][selection])
+        shape = f["features"][layer].shape[1:]
+    return Split(X=data.X.reshape(len(data.X), *shape), y=data.y)
 
 
-def load_layers(path: str | Path, layers: Sequence[str], split: str) -> Split:
-    """One split's rows of several layers, each flattened, concatenated along features in ``layers`` order."""
-    parts = [load_split(path, layer, split, flatten=True) for layer in layers]
-    return Split(X=np.hstack([part.X for part in parts]) if len(parts) > 1 else parts[0].X, y=parts[0].y)
+def load_layers(path: str | Path, layers: Sequence[str], split: str | None) -> Split:
+    """One split's rows (None: all) of several layers, each flattened, side by side in ``layers`` order.
+
+    Read one HDF5 chunk at a time straight into the result, so a split whose rows are spread over the file
+    (CSV or per-class sources) reads as fast as a contiguous one.
+    """
+    with open_features(path) as f:
+        datasets, _, dtype = _layout(f, layers)
+        return _read_block(datasets, f["labels"], dtype, _indices(selected_rows(f, split)), None)
 
 
 def feature_shape(path: str | Path, layer: str) -> tuple[int, ...]:
@@ -220,14 +226,140 @@ def feature_shape(path: str | Path, layer: str) -> tuple[int, ...]:
         return tuple(f["features"][layer].shape[1:])
 
 
-def split_rows(f: h5py.File, split: str | None) -> np.ndarray | slice:
-    """Row selection for ``split`` (None: every row), as a slice when the rows are contiguous."""
+def split_rows(f: h5py.File, split: str | None, piece_rows: int = 4096) -> np.ndarray | slice:
+    """Row selection for ``split`` (None: every row), as a slice when the rows are contiguous.
+
+    The split column is read ``piece_rows`` at a time (as Python strings it takes about 300 bytes a row).
+    """
     if split is None:
         return slice(None)
-    splits = f["split"].asstr()[()]
-    check_one_of("split", split, sorted(set(splits)))
-    rows = np.flatnonzero(splits == split)
+    column, present, pieces = f["split"].asstr(), set(), []
+    for start in range(0, f["split"].shape[0], piece_rows):
+        splits = column[start : start + piece_rows]
+        present.update(splits.tolist())
+        pieces.append(np.flatnonzero(splits == split) + start)
+    check_one_of("split", split, sorted(present))
+    rows = np.concatenate(pieces)
     return slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == rows.size else rows
+
+
+def _layout(f: h5py.File, layers: Sequence[str]) -> tuple[list[h5py.Dataset], list[int], np.dtype]:
+    """The layers' datasets, their flat widths and the dtype ``load_layers`` gives when concatenating them."""
+    for layer in layers:
+        check_one_of("layer", layer, list(f["features"]))
+    datasets = [f["features"][layer] for layer in layers]
+    widths = [_width(dataset) for dataset in datasets]
+    return datasets, widths, np.result_type(*(dataset.dtype for dataset in datasets))
+
+
+def _width(dataset: h5py.Dataset) -> int:
+    """Values in one flattened row of ``dataset``."""
+    return int(np.prod(dataset.shape[1:], dtype=np.int64))
+
+
+def selected_rows(f: h5py.File, split: str | None) -> range | np.ndarray:
+    """The split's file rows: a range when contiguous (never materialised), else the sorted row indices."""
+    selection = split_rows(f, split)
+    return range(f["labels"].shape[0])[selection] if isinstance(selection, slice) else selection
+
+
+def _indices(rows: range | np.ndarray) -> np.ndarray:
+    return np.arange(rows.start, rows.stop) if isinstance(rows, range) else rows
+
+
+def _chunk_rows(dataset: h5py.Dataset) -> int:
+    return dataset.chunks[0] if dataset.chunks else rows_per_chunk(dataset.shape[1:], dataset.dtype)
+
+
+def _units(rows: range | np.ndarray, unit_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` positions in ``rows`` of the pieces blocks are made of: each HDF5 chunk's rows when
+    ``unit_rows`` is ``chunk_rows``, else consecutive runs of ``unit_rows`` (blocks smaller than a chunk)."""
+    n = len(rows)
+    if n == 0:
+        return []
+    if unit_rows < chunk_rows:
+        return [(start, min(start + unit_rows, n)) for start in range(0, n, unit_rows)]
+    if isinstance(rows, range):
+        edges = np.arange(-rows.start % chunk_rows or chunk_rows, n, chunk_rows)
+    else:
+        edges = np.flatnonzero(np.diff(rows // chunk_rows)) + 1
+    bounds = [0, *edges.tolist(), n]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _pack(units: list[tuple[int, int]], block_rows: int) -> Iterator[list[tuple[int, int]]]:
+    """Consecutive ``units`` grouped into blocks of at most ``block_rows`` rows (no unit is larger)."""
+    block, size = [], 0
+    for start, stop in units:
+        if size + stop - start > block_rows:
+            yield block
+            block, size = [], 0
+        block.append((start, stop))
+        size += stop - start
+    if block:
+        yield block
+
+
+def _read_into(target: np.ndarray, dataset: h5py.Dataset, rows: np.ndarray, placement: np.ndarray | None) -> None:
+    """Copy ``dataset``'s sorted ``rows`` into ``target`` (one flattened row each), one HDF5 chunk at a time; with
+    ``placement`` row ``i`` lands at ``target[placement[i]]``, which shuffles without a second copy."""
+    chunk = _chunk_rows(dataset)
+    starts = np.flatnonzero(np.diff(rows // chunk, prepend=-1))
+    for start, stop in zip(starts, [*starts[1:], len(rows)]):
+        first, last = rows[start], rows[stop - 1]
+        piece = dataset[first : last + 1]
+        if last - first + 1 != stop - start:
+            piece = piece[rows[start:stop] - first]
+        destination = slice(start, stop) if placement is None else placement[start:stop]
+        target[destination] = piece.reshape(stop - start, *target.shape[1:])
+
+
+def _read_block(
+    datasets: list[h5py.Dataset], labels: h5py.Dataset, dtype: np.dtype, rows: np.ndarray, placement: np.ndarray | None
+) -> Split:
+    """One block: ``rows`` of the layers side by side in ``dtype``, and their labels, shuffled by ``placement``."""
+    widths = [_width(dataset) for dataset in datasets]
+    X = np.empty((len(rows), sum(widths)), dtype)
+    for dataset, start, width in zip(datasets, np.cumsum([0, *widths]), widths):
+        _read_into(X[:, start : start + width], dataset, rows, placement)
+    y = np.empty(len(rows), labels.dtype)
+    _read_into(y, labels, rows, placement)
+    return Split(X=X, y=y)
+
+
+def split_nbytes(path: str | Path, layers: Sequence[str], split: str) -> int:
+    """Bytes that ``load_layers(path, layers, split).X`` would take in memory (reads metadata and the split column)."""
+    with open_features(path) as f:
+        _, widths, dtype = _layout(f, layers)
+        return len(selected_rows(f, split)) * sum(widths) * dtype.itemsize
+
+
+def iter_chunks(
+    path: str | Path, layers: Sequence[str], split: str | None, chunk_bytes: int, seed: int | None = None
+) -> Iterator[Split]:
+    """The split's rows (None: all rows) of ``layers``, flattened and concatenated as ``load_layers`` gives them, in
+    blocks of at most ``chunk_bytes`` (at least one row) made of whole HDF5 chunks of the widest layer when a block
+    can hold one, so that each chunk is read once.
+
+    ``seed`` None: file order, so the blocks concatenate to ``load_layers``. With a seed (deterministic per seed)
+    the chunks come in a random order, packed into blocks that each mix chunks from across the split, and the rows
+    of each block are shuffled: a file written class by class still gives blocks of many classes. One block is read
+    at a time.
+    """
+    check_int("chunk_bytes", chunk_bytes, minimum=1)
+    with open_features(path) as f:
+        datasets, widths, dtype = _layout(f, layers)
+        rows = selected_rows(f, split)
+        widest = max(range(len(datasets)), key=lambda i: widths[i] * datasets[i].dtype.itemsize)
+        chunk_rows = _chunk_rows(datasets[widest])
+        block_rows = max(1, chunk_bytes // max(1, sum(widths) * dtype.itemsize))
+        units = _units(rows, min(block_rows, chunk_rows), chunk_rows)
+        rng = None if seed is None else np.random.default_rng(seed)
+        if rng is not None:
+            units = [units[i] for i in rng.permutation(len(units))]
+        for group in _pack(units, block_rows):
+            block = np.sort(np.concatenate([_indices(rows[start:stop]) for start, stop in group]))
+            yield _read_block(datasets, f["labels"], dtype, block, None if rng is None else rng.permutation(len(block)))
 
 
 def load_dask(path: str | Path, layer: str, split: str | None = None, chunk_bytes: int = 64 << 20):

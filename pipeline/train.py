@@ -19,9 +19,11 @@ from pipeline.classifiers import (
 )
 from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
+from pipeline.evaluate import predictions
 from pipeline.models import save_model
-from pipeline.store import Split, feature_shape, load_layers, read_attrs
-from pipeline.validation import check_one_of
+from pipeline.store import Split, feature_shape, load_layers, read_attrs, split_nbytes
+from pipeline.stream import check_streaming, fit_out_of_core
+from pipeline.validation import check_one_of, format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,12 @@ def training_history(estimator) -> list[dict[str, float]]:
     """One row per epoch run, ``{"epoch": 1, "loss": ..., ...}`` with the ``HISTORY_KEYS`` the estimator recorded.
 
     The Keras head records all four (every epoch run, also those after the best one that early stopping restores);
-    an MLP records its training loss per epoch (and ``val_accuracy`` with ``early_stopping``); estimators without
-    epochs (linear models, trees, neighbours) give ``[]``.
+    an estimator trained out of core records all four per pass (its ``history_``; losses only with
+    ``predict_proba``); an MLP records its training loss per epoch (and ``val_accuracy`` with ``early_stopping``);
+    estimators without epochs (linear models, trees, neighbours) give ``[]``.
     """
     final = final_estimator(estimator)
-    if isinstance(final, KerasHeadClassifier):
+    if getattr(final, "history_", None) is not None:
         curves = final.history_
     elif getattr(final, "loss_curve_", None) is not None:
         curves = {"loss": final.loss_curve_}
@@ -88,35 +91,61 @@ def search(estimator, config: ClassifierConfig, train: Split, cluster: str | Non
     return searcher.best_estimator_, record
 
 
+def out_of_core_reason(config: ClassifierConfig, nbytes: int, memory_budget: int) -> str | None:
+    """Why ``config`` trains out of core (``out_of_core: true``, or ``auto`` with features over the budget), or None."""
+    if config.out_of_core is True:
+        return f"classifiers.{config.name}.out_of_core is true"
+    if config.out_of_core == "auto" and nbytes > memory_budget:
+        return f"its train features take {format_bytes(nbytes)}, over train.memory_budget {format_bytes(memory_budget)}"
+    return None
+
+
 def train_classifier(
-    features: str | Path, config: ClassifierConfig, out_dir: str | Path, cluster: str | None = None
+    features: str | Path,
+    config: ClassifierConfig,
+    out_dir: str | Path,
+    cluster: str | None = None,
+    memory_budget: int = 2 << 30,
+    chunk_size: int = 64 << 20,
 ) -> dict[str, Any]:
     """Fit ``config``'s estimator on the train split (val split for early stopping) and save it to ``out_dir``.
 
     With a ``search`` section the hyper-parameters are chosen first by cross-validation on the train split, in
-    parallel through joblib (on a Dask ``cluster`` when one is given). ``model.json`` records the fit time, the val
-    accuracy, the search result and the per-epoch ``history`` (see ``training_history``).
+    parallel through joblib (on a Dask ``cluster`` when one is given). Out of core (see ``out_of_core_reason``)
+    the train split streams from HDF5 in blocks of ``chunk_size`` bytes into ``partial_fit`` (``pipeline.stream``).
+    ``model.json`` records the fit time, the val accuracy, the search result and the per-epoch ``history`` (see
+    ``training_history``).
     """
     configured_estimator(config)  # a wrong estimator or hyper-parameter fails before any file is read
     attrs = read_attrs(features)
     for layer in config.layers:
         check_one_of(f"classifiers.{config.name}.layer", layer, attrs["layers"])
     estimator = build_estimator(config, feature_shape(features, config.layers[0]))
-    train = load_layers(features, config.layers, "train")
-    val = load_layers(features, config.layers, "val")
+    nbytes = split_nbytes(features, config.layers, "train")
+    reason = out_of_core_reason(config, nbytes, memory_budget)
     log.info(
-        "training %s (%s) on %s: %d train rows, %d val rows, %d features",
-        config.name, config.estimator, " + ".join(config.layers), len(train.y), len(val.y), train.X.shape[1],
+        "training %s (%s) on %s: %s of train features, %s", config.name, config.estimator, " + ".join(config.layers),
+        format_bytes(nbytes), f"out of core ({reason})" if reason else "in memory",
     )
     started = time.perf_counter()
     searched = None
-    if config.search is not None:
-        estimator, searched = search(estimator, config, train, cluster)
+    if reason is not None:
+        check_streaming(config, reason)
+        estimator = fit_out_of_core(
+            estimator, features, config.layers, classes=np.arange(len(attrs["class_names"])), chunk_bytes=chunk_size,
+            passes=config.passes,
+        )
     else:
-        fit(estimator, train, val)
+        train = load_layers(features, config.layers, "train")
+        if config.search is not None:
+            estimator, searched = search(estimator, config, train, cluster)
+        else:
+            fit(estimator, train, load_layers(features, config.layers, "val"))
+        del train
     fit_seconds = time.perf_counter() - started
-    val_accuracy = float(np.mean(estimator.predict(val.X) == val.y))
-    log.info("%s: fit in %.1f s, val accuracy %.4f", config.name, fit_seconds, val_accuracy)
+    val = predictions(estimator, features, config.layers, "val", len(attrs["class_names"]), chunk_size)
+    val_accuracy = float(np.mean(val.predicted == val.y))
+    log.info("%s on %s: fit in %.1f s, val accuracy %.4f", config.name, "+".join(config.layers), fit_seconds, val_accuracy)
     metadata = {
         "classifier": config.name,
         "estimator": config.estimator,
@@ -126,6 +155,7 @@ def train_classifier(
         "layers": list(config.layers),
         "pool": config.pool,
         "pca": config.pca,
+        "out_of_core": reason,
         "class_names": attrs["class_names"],
         "features_file": str(features),
         "features": {key: attrs[key] for key in FEATURE_KEYS},

@@ -53,6 +53,35 @@ def check_fraction(name: str, value: Any) -> float:
     return float(value)
 
 
+BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def check_bytes(name: str, value: Any, minimum: int = 1) -> int:
+    """A size as bytes: an integer, or a string such as ``512MiB``, ``2 GiB`` or ``1.5GB``."""
+    if isinstance(value, str):
+        number, unit = value.strip().upper(), "B"
+        for suffix in sorted(BYTE_UNITS, key=len, reverse=True):
+            if number.endswith(suffix):
+                number, unit = number[: -len(suffix)].strip(), suffix
+                break
+        try:
+            value = int(float(number) * BYTE_UNITS[unit])
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be a number of bytes or a size like '512MiB' (units {list(BYTE_UNITS)}). "
+                f"Received: {name}={value!r}"
+            ) from None
+    return check_int(name, value, minimum)
+
+
+def format_bytes(n: int) -> str:
+    """``3.1 GiB``, ``12.0 MiB``, ``512 B``: a size for log lines and messages."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 def did_you_mean(word: str, candidates: Collection[str]) -> str:
     """Return "; did you mean 'x'?" for the closest candidate, or an empty string when none is close."""
     by_lower = {str(c).lower(): str(c) for c in candidates}

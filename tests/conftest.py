@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real data (digits as PNG files), the real ImageNet MobileNet, and a real features file."""
+"""Shared fixtures: tiny real data (digits as PNG files), the real ImageNet MobileNet, real features files."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pytest
 
 from pipeline.config import ExtractConfig, PrepareConfig
 from pipeline.dataset import read_split_folders
 from pipeline.extract import extract_features
 from pipeline.prepare import prepare_digits
+from synthetic import N_ROWS, write_features
 
 # Small inputs keep the suite fast on 2 CPU cores; the weights are the genuine ImageNet ones.
 INPUT_SIZE = (64, 64)
 LAYERS = {"conv_pw_5_relu": {"pooling": "avg"}, "conv_pw_13_relu": {"pooling": "none", "dtype": "float16"}}
+PIXELS = 8  # the raw-pixel baseline: 8x8 RGB
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,10 @@ def manifest(digits_dir):
 @pytest.fixture(scope="session")
 def extract_config():
     return ExtractConfig.from_params(
-        {"backbone": "mobilenet", "weights": "imagenet", "input_size": list(INPUT_SIZE), "batch_size": 16, "layers": LAYERS}
+        {
+            "backbone": "mobilenet", "weights": "imagenet", "input_size": list(INPUT_SIZE), "batch_size": 16,
+            "layers": LAYERS, "pixels": PIXELS,
+        }
     )
 
 
@@ -50,3 +56,19 @@ def mobilenet(extract_config):
 def features_file(tmp_path_factory, manifest, extract_config):
     """A complete features file extracted from the digits by the real pipeline."""
     return extract_features(manifest, extract_config, tmp_path_factory.mktemp("features") / "features.h5")
+
+
+@pytest.fixture(scope="module", params=["interleaved", "grouped"])
+def synthetic(request, tmp_path_factory):
+    """1200 rows with splits in random order (rows of a split are a fancy index) or grouped (each one a slice)."""
+    splits = np.random.default_rng(1).choice(["train", "val", "test"], N_ROWS, p=[0.7, 0.15, 0.15])
+    if request.param == "grouped":
+        splits = np.sort(splits)  # test, train, val
+    return write_features(tmp_path_factory.mktemp(request.param) / "features.h5", splits)
+
+
+@pytest.fixture(scope="module")
+def interleaved(tmp_path_factory):
+    """1200 synthetic rows with the splits in random order."""
+    splits = np.random.default_rng(2).choice(["train", "val", "test"], N_ROWS, p=[0.7, 0.15, 0.15])
+    return write_features(tmp_path_factory.mktemp("interleaved") / "features.h5", splits)

@@ -7,8 +7,9 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.classifiers import ESTIMATORS, KerasHeadClassifier, build_estimator, final_estimator
+from pipeline.classifiers import ESTIMATORS, KerasHeadClassifier, _block_batches, build_estimator, final_estimator
 from pipeline.config import ClassifierConfig
+from pipeline.store import Split
 from pipeline.validation import ConfigError
 
 
@@ -83,6 +84,63 @@ def test_keras_head_early_stopping_uses_the_validation_split():
     head = KerasHeadClassifier(units=16, epochs=40, patience=2, verbose=0).fit(X, y, validation_data=(X_val, y_val))
     assert "val_loss" in head.history_
     assert len(head.history_["loss"]) <= 40
+
+
+class Blocks:
+    """The block stream ``KerasHeadClassifier.fit_stream`` reads (``pipeline.stream.BlockStream`` reads HDF5), over
+    arrays in memory: blocks of ``size`` rows, in order for ``epoch`` None, else of rows shuffled for that epoch."""
+
+    def __init__(self, X, y, size):
+        self.X, self.y, self.size = X, y, size
+
+    def __len__(self):
+        return len(self.y)
+
+    def __call__(self, epoch=None):
+        order = np.arange(len(self.y)) if epoch is None else np.random.default_rng(epoch).permutation(len(self.y))
+        for start in range(0, len(self.y), self.size):
+            rows = order[start : start + self.size]
+            yield Split(X=self.X[rows], y=self.y[rows])
+
+
+def test_keras_head_fit_stream_normalizes_like_fit_and_learns():
+    X, y = blobs()
+    X[:, 0] = 0.0  # constant: its variance becomes 1 in both fits
+    head = KerasHeadClassifier(units=16, epochs=10, batch_size=16, learning_rate=0.01, verbose=0)
+    streamed = head.fit_stream(Blocks(X, y, 7), y)
+    in_memory = KerasHeadClassifier(units=16, epochs=1, verbose=0).fit(X, y)
+    for name in ("mean", "variance"):
+        np.testing.assert_allclose(
+            np.ravel(getattr(streamed.model_.get_layer("standardize"), name)),
+            np.ravel(getattr(in_memory.model_.get_layer("standardize"), name)), rtol=1e-5, atol=1e-6,
+        )
+    assert np.ravel(streamed.model_.get_layer("standardize").variance)[0] == 1.0
+    assert streamed.n_features_in_ == 12 and list(streamed.classes_) == [3, 7, 9]
+    assert len(streamed.history_["loss"]) == 10 and "val_loss" not in streamed.history_
+    assert np.mean(streamed.predict(X) == y) > 0.95
+
+
+def test_keras_head_fit_stream_stops_early_on_the_streamed_validation_split():
+    X, y = blobs(seed=1)
+    X_val, y_val = blobs(n_per_class=10, seed=1)
+    head = KerasHeadClassifier(units=16, epochs=40, patience=1, learning_rate=0.05, normalize=False, verbose=0)
+    head.fit_stream(Blocks(X, y, 50), y, validation=Blocks(X_val, y_val, 8))
+    assert len(head.history_["loss"]) == len(head.history_["val_loss"]) < 40
+    assert head.n_features_in_ == 12 and "standardize" not in [layer.name for layer in head.model_.layers]
+
+
+def test_streamed_batches_span_blocks_and_are_read_in_order():
+    X, y = np.arange(30, dtype=np.float16).reshape(15, 2), np.arange(15)
+    batches = _block_batches(Blocks(X, y, 4), 6, encode=lambda labels: labels * 10, shuffle=False)
+    assert batches.num_batches == 3
+    read = [batches[i] for i in range(3)]
+    assert [len(batch_y) for _, batch_y in read] == [6, 6, 3]
+    np.testing.assert_array_equal(np.concatenate([batch_X for batch_X, _ in read]), X)
+    assert read[0][0].dtype == np.float32 and read[0][1].tolist() == [0, 10, 20, 30, 40, 50]
+    np.testing.assert_array_equal(batches[0][0], X[:6])  # index 0 starts a new pass
+    with pytest.raises(IndexError, match="read in order: expected 1, got 2"):
+        batches[2]
+    batches.close()
 
 
 def test_keras_head_normalization_keeps_constant_features_finite():

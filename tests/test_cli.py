@@ -9,7 +9,7 @@ import h5py
 import pytest
 import yaml
 
-from pipeline.cli import build_parser, describe_layers, extract_config, human_bytes
+from pipeline.cli import build_parser, describe_layers, extract_config
 from pipeline.validation import ConfigError
 
 
@@ -41,9 +41,6 @@ def test_layers_unknown_backbone_is_a_clear_error():
     assert "backbone must be one of [" in result.stderr and "Received: backbone='vgg61'" in result.stderr
 
 
-@pytest.mark.parametrize(("n", "text"), [(500, "500 B"), (1536, "1.5 KiB"), (1572864, "1.5 MiB")])
-def test_human_bytes(n, text):
-    assert human_bytes(n) == text
 
 
 def parse(*args):

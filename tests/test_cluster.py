@@ -37,9 +37,9 @@ def test_a_bad_cluster_is_named_with_the_allowed_forms(cluster):
 
 def test_search_runs_on_a_running_scheduler_and_matches_a_local_search(features_file, tmp_path):
     config = ClassifierConfig.from_params({"s": {
-        "estimator": "logistic_regression", "layer": "conv_pw_5_relu", "params": {"max_iter": 300},
+        "estimator": "logistic_regression", "params": {"max_iter": 300},
         "search": {"space": {"C": [0.01, 0.1, 1.0]}, "cv": 2, "n_jobs": -1},
-    }}, "s")
+    }}, "s", "conv_pw_5_relu")
     local = train_classifier(features_file, config, tmp_path / "local")["search"]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1") as cluster:
         with Client(cluster) as client:

@@ -14,6 +14,7 @@ from pipeline.config import (
     ExtractConfig,
     LayerSpec,
     PrepareConfig,
+    TrainConfig,
     config_hash,
     load_params,
     section,
@@ -21,7 +22,7 @@ from pipeline.config import (
 from pipeline.validation import ConfigError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-CLASSIFIER_KEYS = "['estimator', 'layer', 'params', 'pca', 'pool', 'scale', 'search']"
+CLASSIFIER_KEYS = "['estimator', 'out_of_core', 'params', 'passes', 'pca', 'pool', 'scale', 'search']"
 
 
 def extract(**overrides):
@@ -36,14 +37,17 @@ def test_repo_params_yaml_loads_into_every_config():
     params = load_params(REPO_PARAMS)
     prepare = PrepareConfig.from_params(section(params, "prepare"))
     extract_config = ExtractConfig.from_params(section(params, "extract"))
+    train = TrainConfig.from_params(section(params, "train"))
     classifiers = section(params, "classifiers")
-    configs = [ClassifierConfig.from_params(classifiers, name) for name in classifiers]
+    configs = [ClassifierConfig.from_params(classifiers, name, layer) for name in classifiers for layer in train.layers]
 
     assert isinstance(prepare, PrepareConfig)
     assert extract_config.layer_names
-    assert [c.name for c in configs] == list(classifiers)
+    assert "pixels" in train.layers, "the leaderboard's raw-pixel baseline"
+    assert len(configs) == len(classifiers) * len(train.layers)
+    stored = [spec.name for spec in extract_config.stored_layers]
     for config in configs:
-        assert config.layer in extract_config.layer_names, f"classifier {config.name} reads a layer that is not extracted"
+        assert set(config.layers) <= set(stored), f"{config.run} reads a layer that is not extracted"
 
 
 # --- load_params and section -----------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ def test_extract_section_pooling_default_is_checked_for_each_layer():
 def test_extract_unknown_key_lists_the_allowed_keys():
     allowed = (
         "['backbone', 'batch_size', 'compression', 'dtype', 'input_size', 'interpolation', 'layers', "
-        "'mixed_precision', 'on_error', 'pooling', 'preprocessing', 'split', 'weights', 'xla']"
+        "'mixed_precision', 'on_error', 'pixels', 'pooling', 'preprocessing', 'split', 'weights', 'xla']"
     )
     with pytest.raises(ConfigError) as error:
         ExtractConfig.from_params(extract(batchsize=8))
@@ -229,7 +233,7 @@ def test_feature_identity_excludes_what_does_not_change_values_and_is_json_data(
     identity = config.feature_identity()
     assert not {"batch_size", "compression", "on_error", "split"} & set(identity)
     assert set(identity) == {
-        "backbone", "weights", "input_size", "interpolation", "preprocessing", "layers", "mixed_precision", "xla"
+        "backbone", "weights", "input_size", "interpolation", "preprocessing", "layers", "mixed_precision", "xla", "pixels"
     }
     assert identity["layers"] == ({"name": "a", "pooling": "max", "dtype": "float32"},)
     json.dumps(identity)
@@ -253,36 +257,61 @@ def test_config_hash_is_stable_and_independent_of_key_order():
 # --- ClassifierConfig -----------------------------------------------------------------------------------------
 
 CLASSIFIERS = {
-    "logreg": {"estimator": "logistic_regression", "layer": "a", "params": {"C": 1.0}},
-    "svm": {"estimator": "linear_svm", "layer": "b", "scale": False},
+    "logreg": {"estimator": "logistic_regression", "params": {"C": 1.0}},
+    "svm": {"estimator": "linear_svm", "scale": False},
 }
 
 
 def test_classifier_config_reads_one_entry_with_defaults():
-    assert ClassifierConfig.from_params(CLASSIFIERS, "logreg") == ClassifierConfig(
+    assert ClassifierConfig.from_params(CLASSIFIERS, "logreg", "a") == ClassifierConfig(
         name="logreg", estimator="logistic_regression", layer="a", scale=True, params={"C": 1.0}
     )
-    svm = ClassifierConfig.from_params(CLASSIFIERS, "svm")
-    assert svm.scale is False and svm.params == {}
+    svm = ClassifierConfig.from_params(CLASSIFIERS, "svm", "b")
+    assert svm.scale is False and svm.params == {} and svm.out_of_core == "auto" and svm.passes == 5
+    assert svm.run == "svm/b"
+
+
+def test_classifier_layer_joined_by_plus_is_a_concatenation():
+    config = ClassifierConfig.from_params(CLASSIFIERS, "svm", "a+b")
+    assert config.layers == ("a", "b") and config.layer == ("a", "b") and config.run == "svm/a+b"
+    with pytest.raises(ConfigError, match=re.escape("classifiers.svm.layer must be a layer name, or names joined by '+'")):
+        ClassifierConfig.from_params(CLASSIFIERS, "svm", "a++b")
+
+
+def test_a_layer_in_a_classifier_entry_points_to_train_layers():
+    with pytest.raises(ConfigError, match=r"classifiers\.svm\.layer is not a classifier setting: .* train\.layers"):
+        ClassifierConfig.from_params({"svm": {"estimator": "linear_svm", "layer": "a"}}, "svm", "a")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"out_of_core": "sometimes"}, "classifiers.x.out_of_core must be one of [False, True, 'auto']. Received: classifiers.x.out_of_core='sometimes'"),
+        ({"passes": 0}, "classifiers.x.passes must be an integer >= 1. Received: classifiers.x.passes=0"),
+    ],
+)
+def test_out_of_core_settings_are_checked(entry, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ClassifierConfig.from_params({"x": {"estimator": "sgd", **entry}}, "x", "l")
 
 
 def test_classifier_config_unknown_name_lists_the_classifiers():
     message = "classifier must be one of ['logreg', 'svm']. Received: classifier='rf'"
     with pytest.raises(ConfigError, match=re.escape(message)):
-        ClassifierConfig.from_params(CLASSIFIERS, "rf")
+        ClassifierConfig.from_params(CLASSIFIERS, "rf", "a")
 
 
 def test_classifier_config_unknown_key_lists_the_allowed_keys():
     classifiers = {"logreg": {**CLASSIFIERS["logreg"], "parms": {}}}
     with pytest.raises(ConfigError) as error:
-        ClassifierConfig.from_params(classifiers, "logreg")
+        ClassifierConfig.from_params(classifiers, "logreg", "a")
     assert "unknown key classifiers.logreg.parms; did you mean 'params'?" in str(error.value)
     assert f"Keys of classifiers.logreg must be one of {CLASSIFIER_KEYS}" in str(error.value)
 
 
-def test_classifier_config_requires_estimator_and_layer():
-    with pytest.raises(ConfigError, match=re.escape("classifiers.x is missing required key(s) ['estimator', 'layer']")):
-        ClassifierConfig.from_params({"x": {"params": {}}}, "x")
+def test_classifier_config_requires_an_estimator():
+    with pytest.raises(ConfigError, match=re.escape("classifiers.x is missing required key(s) ['estimator']")):
+        ClassifierConfig.from_params({"x": {"params": {}}}, "x", "l")
 
 
 @pytest.mark.parametrize(
@@ -290,18 +319,18 @@ def test_classifier_config_requires_estimator_and_layer():
     [
         (None, "classifiers must be a mapping. Received: classifiers=None"),
         ({"x": None}, "classifiers.x must be a mapping. Received: classifiers.x=None"),
-        ({"x": {"estimator": "e", "layer": "l", "params": [1]}}, "classifiers.x.params must be a mapping. Received: classifiers.x.params=[1]"),
-        ({"x": {"estimator": "e", "layer": "l", "scale": "yes"}}, "classifiers.x.scale must be true or false. Received: 'yes'"),
+        ({"x": {"estimator": "e", "params": [1]}}, "classifiers.x.params must be a mapping. Received: classifiers.x.params=[1]"),
+        ({"x": {"estimator": "e", "scale": "yes"}}, "classifiers.x.scale must be true or false. Received: 'yes'"),
     ],
 )
 def test_classifier_config_bad_shapes_are_refused(classifiers, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        ClassifierConfig.from_params(classifiers, "x")
+        ClassifierConfig.from_params(classifiers, "x", "l")
 
 
 def test_classifier_config_params_are_copied():
     params = {"C": 1.0}
-    config = ClassifierConfig.from_params({"x": {"estimator": "e", "layer": "l", "params": params}}, "x")
+    config = ClassifierConfig.from_params({"x": {"estimator": "e", "params": params}}, "x", "l")
     params["C"] = 2.0
     assert config.params == {"C": 1.0}
 
@@ -344,3 +373,44 @@ def test_to_params_round_trips():
 def test_search_section_is_validated(search, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ClassifierConfig(name="c", estimator="knn", layer="l", search=search)
+
+
+# --- TrainConfig ------------------------------------------------------------------------------------------------
+
+
+def test_train_config_reads_layers_and_sizes():
+    config = TrainConfig.from_params({"layers": ["pixels", "a+b"], "memory_budget": "1GiB", "chunk_size": "16MiB"})
+    assert config == TrainConfig(layers=("pixels", "a+b"), memory_budget=2**30, chunk_size=16 * 2**20, cluster=None)
+    assert TrainConfig.from_params({"layers": ["a"]}).memory_budget == 2 << 30
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({}, "train is missing required key(s) ['layers']"),
+        ({"layers": []}, "train.layers must be a non-empty list of layer names (a+b concatenates). Received: layers=[]"),
+        ({"layers": "a"}, "train.layers must be a non-empty list"),
+        ({"layers": ["a+"]}, "train.layers must be a non-empty list"),
+        ({"layers": ["a", "a"]}, "train.layers must not repeat an entry. Received: layers=['a', 'a']"),
+        ({"layers": ["a"], "memory_budget": "lots"}, "train.memory_budget must be a number of bytes or a size like '512MiB'"),
+        ({"layers": ["a"], "memory_budget": "1MiB", "chunk_size": "512KiB"}, "train.chunk_size must be at most train.memory_budget / 4"),
+        ({"layers": ["a"], "cluster": 4}, "train.cluster must be null, 'local:N' or 'tcp://host:port'. Received: cluster=4"),
+        ({"layers": ["a"], "budget": 1}, "unknown key train.budget"),
+    ],
+)
+def test_train_config_is_validated(section, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig.from_params(section)
+
+
+def test_pixels_is_reserved_for_the_raw_pixel_baseline():
+    config = ExtractConfig.from_params(extract(pixels=16))
+    assert [spec.name for spec in config.stored_layers] == [*config.layer_names, "pixels"]
+    assert config.stored_layers[-1] == LayerSpec("pixels", pooling="none", dtype="float32")
+    assert ExtractConfig.from_params(config.to_params()) == config
+    assert config_hash(config.feature_identity()) != config_hash(ExtractConfig.from_params(extract()).feature_identity())
+    assert ExtractConfig.from_params(extract()).stored_layers == ExtractConfig.from_params(extract()).layers
+    with pytest.raises(ConfigError, match=re.escape("extract.layers must not name 'pixels': it is the raw-pixel baseline")):
+        ExtractConfig.from_params(extract(layers=["pixels"]))
+    with pytest.raises(ConfigError, match=re.escape("extract.pixels must be an integer >= 1. Received: extract.pixels=0")):
+        ExtractConfig.from_params(extract(pixels=0))

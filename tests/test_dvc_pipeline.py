@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -15,7 +16,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSIFIERS = ["logreg", "linear_svm", "dense_head"]
+CLASSIFIERS = ["logreg", "linear_svm", "sgd_stream", "dense_head"]
+LAYERS = ["pixels", "conv_pw_7_relu"]  # the test's matrix: 4 classifiers x 2 layers
+RUNS = [f"{c}/{layer}" for c in CLASSIFIERS for layer in LAYERS]
 
 
 def run(args, cwd):
@@ -43,7 +46,8 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A git + DVC copy of the committed project files, shrunk to 100 images at 64x64, after one `dvc repro`."""
+    """A git + DVC copy of the committed project files, shrunk to 100 images at 64x64 and a 4 x 2 matrix, after one
+    `dvc repro`."""
     copy = tmp_path_factory.mktemp("clone") / "repo"
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
@@ -53,8 +57,10 @@ def repo(tmp_path_factory):
 
     def shrink(params):
         params["prepare"].update(image_size=16, per_class_limit=10)
-        params["extract"].update(input_size=[64, 64], batch_size=32)
+        params["extract"].update(input_size=[64, 64], batch_size=32, layers=["conv_pw_7_relu", "conv_pw_13_relu"])
+        params["train"]["layers"] = LAYERS
         params["classifiers"]["dense_head"]["params"].update(epochs=5)
+        params["classifiers"]["sgd_stream"].update(passes=3)
 
     edit_params(copy, shrink)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
@@ -68,9 +74,10 @@ def repo(tmp_path_factory):
 def test_repro_writes_the_features_file_layout(repo):
     with h5py.File(repo / "data" / "features.h5", "r") as f:
         assert f.attrs["complete"]
-        assert sorted(f["features"]) == ["conv_pw_13_relu", "conv_pw_7_relu"]
+        assert sorted(f["features"]) == ["conv_pw_13_relu", "conv_pw_7_relu", "pixels"]
         assert f["features/conv_pw_7_relu"].shape == (100, 512)
         assert f["features/conv_pw_13_relu"].shape == (100, 1024)
+        assert f["features/pixels"].shape == (100, 16, 16, 3)
         assert f["features/conv_pw_7_relu"].chunks[1:] == (512,)
         assert f["labels"].shape == f["paths"].shape == f["split"].shape == (100,)
         assert sorted(set(f["split"].asstr()[()])) == ["test", "train", "val"]
@@ -79,40 +86,60 @@ def test_repro_writes_the_features_file_layout(repo):
         assert "MobileNetV1" in f.attrs["weights_source"]
 
 
-def test_metrics_for_every_classifier(repo):
+def test_metrics_for_every_classifier_and_layer(repo):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
     metrics = next(iter(shown.values()))["data"]
-    for name in CLASSIFIERS:
-        values = metrics[f"data/eval/{name}/metrics.json"]["data"]
+    assert sorted(metrics) == sorted(f"data/eval/{run}/metrics.json" for run in RUNS)
+    for run_name in RUNS:
+        values = metrics[f"data/eval/{run_name}/metrics.json"]["data"]
         assert 0.0 <= values["accuracy"] <= 1.0 and values["n"] == 15
-        assert values["fit_seconds"] > 0 and values["predict_seconds"] > 0
-        assert (repo / "data" / "models" / name / "model.json").is_file()
+        assert values["fit_seconds"] > 0 and values["predict_seconds"] > 0 and 0 <= values["val_accuracy"] <= 1
+        assert (repo / "data" / "models" / run_name / "model.json").is_file()
         # log_loss and top-3 accuracy only where the estimator has predict_proba (not LinearSVC)
-        assert ("log_loss" in values and "top3_accuracy" in values) == (name != "linear_svm"), values
+        assert ("log_loss" in values and "top3_accuracy" in values) == (not run_name.startswith("linear_svm")), values
+    streamed = json.loads((repo / "data" / "models" / "sgd_stream" / "pixels" / "model.json").read_text())
+    assert streamed["out_of_core"] == "classifiers.sgd_stream.out_of_core is true"
+    assert [row["epoch"] for row in streamed["history"]] == [1, 2, 3]
 
 
-def test_plots_render_for_every_classifier(repo, tmp_path):
+def test_leaderboard_ranks_every_classifier_and_layer(repo):
+    with (repo / "data" / "leaderboard" / "leaderboard.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(f"{r['classifier']}/{r['layer']}" for r in rows) == sorted(RUNS)
+    accuracies = [float(r["accuracy"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    markdown = (repo / "data" / "leaderboard" / "leaderboard.md").read_text()
+    assert markdown.startswith("| rank | classifier | layer | accuracy |")
+    assert "Transfer vs raw pixels" in markdown and "- dense_head: `conv_pw_7_relu`" in markdown
+
+
+def test_plots_render_for_every_classifier_and_layer(repo, tmp_path):
     # -o: the copies of image plots that `dvc plots show` writes go outside the repository (default: dvc_plots/)
     shown = json.loads(dvc("plots", "show", "--json", "-o", str(tmp_path), cwd=repo))
     assert "errors" not in shown, shown["errors"]
     plots = shown["data"]
-    for name in CLASSIFIERS:
-        [confusion] = plots[f"data/eval/{name}/confusion.json"]
+    for run_name in RUNS:
+        [confusion] = plots[f"data/eval/{run_name}/confusion.json"]
         assert confusion["type"] == "vega" and len(confusion["content"]["data"]["values"]) == 15
-        [image] = plots[f"data/eval/{name}/confusion.png"]
+        [image] = plots[f"data/eval/{run_name}/confusion.png"]
         assert image["type"] == "image" and Path(image["url"]).read_bytes()[:4] == b"\x89PNG"
-        [per_class] = plots[f"data/eval/{name}/per_class.json"]
+        [per_class] = plots[f"data/eval/{run_name}/per_class.json"]
         assert per_class["type"] == "vega"
         assert sorted(row["class"] for row in per_class["content"]["data"]["values"]) == [str(i) for i in range(10)]
         assert per_class["content"]["encoding"]["x"]["field"] == "recall"
     # The Keras head draws train vs val loss per epoch (the custom template in .dvc/plots); without epochs, no plot.
-    [curve] = plots["data/eval/dense_head/learning_curve.json"]
+    [curve] = plots["data/eval/dense_head/conv_pw_7_relu/learning_curve.json"]
     assert curve["type"] == "vega"
     rows = curve["content"]["data"]["values"]
     assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1)) and 1 <= len(rows) <= 5
     assert all({"loss", "val_loss"} <= set(row) for row in rows)
     assert {"calculate": "datum['val_loss']", "as": "validation"} in curve["content"]["transform"]
-    assert plots["data/eval/logreg/learning_curve.json"] == plots["data/eval/linear_svm/learning_curve.json"] == []
+    assert plots["data/eval/logreg/pixels/learning_curve.json"] == plots["data/eval/linear_svm/pixels/learning_curve.json"] == []
+    [board] = plots["data/leaderboard/leaderboard.json"]
+    assert board["type"] == "vega" and len(board["content"]["data"]["values"]) == len(RUNS)
+    assert board["content"]["encoding"]["x"]["field"] == "accuracy"
+    [heat] = plots["data/leaderboard/leaderboard.png"]
+    assert Path(heat["url"]).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_generated_files_stay_out_of_git(repo):
@@ -120,7 +147,7 @@ def test_generated_files_stay_out_of_git(repo):
     changed = [line[3:] for line in status]
     # dvc.lock and the .gitignore entries DVC adds for the new outputs; no data, models or plots.
     assert all(path == "dvc.lock" or path.endswith(".gitignore") for path in changed), changed
-    ignored = (repo / "data" / "eval" / "dense_head" / ".gitignore").read_text().split()
+    ignored = (repo / "data" / "eval" / "dense_head" / "pixels" / ".gitignore").read_text().split()
     assert {"/metrics.json", "/confusion.json", "/confusion.png", "/per_class.json", "/learning_curve.json"} <= set(ignored)
 
 
@@ -128,22 +155,32 @@ def test_editing_one_classifier_reruns_only_that_classifier(repo):
     features_hash = sha256(repo / "data" / "features.h5")
     edit_params(repo, lambda p: p["classifiers"]["linear_svm"]["params"].update(C=0.5))
     status = json.loads(dvc("status", "--json", cwd=repo))
-    assert list(status) == ["train@linear_svm"]
+    assert sorted(status) == sorted([*(f"train@linear_svm-{layer}" for layer in LAYERS), "leaderboard"])
     log = dvc("repro", cwd=repo)
     assert "Stage 'extract' didn't change, skipping" in log
-    assert "Running stage 'train@linear_svm'" in log and "Running stage 'evaluate@linear_svm'" in log
-    for name in ("logreg", "dense_head"):
-        assert f"Stage 'train@{name}' didn't change, skipping" in log
-        assert f"Running stage 'evaluate@{name}'" not in log
+    for layer in LAYERS:
+        assert f"Running stage 'train@linear_svm-{layer}'" in log and f"Running stage 'evaluate@linear_svm-{layer}'" in log
+    assert log.count("Running stage") == 2 * len(LAYERS) + 1  # and the leaderboard
     assert sha256(repo / "data" / "features.h5") == features_hash
 
 
 def test_adding_a_classifier_runs_only_the_new_one(repo):
     def add(params):
-        params["classifiers"]["logreg_strong"] = {**params["classifiers"]["logreg"], "params": {"C": 10.0, "max_iter": 2000}}
+        params["classifiers"]["knn"] = {"estimator": "knn", "params": {"n_neighbors": 3}}
 
     edit_params(repo, add)
     log = dvc("repro", cwd=repo)
-    assert "Running stage 'train@logreg_strong'" in log and "Running stage 'evaluate@logreg_strong'" in log
-    assert log.count("Running stage") == 2
-    assert (repo / "data" / "eval" / "logreg_strong" / "metrics.json").is_file()
+    for layer in LAYERS:
+        assert f"Running stage 'train@knn-{layer}'" in log and f"Running stage 'evaluate@knn-{layer}'" in log
+    assert log.count("Running stage") == 2 * len(LAYERS) + 1
+    assert "knn,pixels" in (repo / "data" / "leaderboard" / "leaderboard.csv").read_text().replace('"', "")
+
+
+def test_adding_an_extracted_layer_to_the_matrix_skips_extraction(repo):
+    edit_params(repo, lambda p: p["train"]["layers"].append("conv_pw_7_relu+conv_pw_13_relu"))
+    log = dvc("repro", cwd=repo)
+    assert "Stage 'extract' didn't change, skipping" in log
+    assert "Running stage 'train@logreg-conv_pw_7_relu+conv_pw_13_relu'" in log
+    assert log.count("Running stage") == 2 * 5 + 1  # five classifiers (knn added above) on the new entry
+    model = json.loads((repo / "data" / "models" / "logreg" / "conv_pw_7_relu+conv_pw_13_relu" / "model.json").read_text())
+    assert model["layers"] == ["conv_pw_7_relu", "conv_pw_13_relu"]

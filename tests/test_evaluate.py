@@ -17,7 +17,7 @@ from pipeline.store import load_split
 from pipeline.train import train_classifier
 from pipeline.validation import ConfigError
 
-BASE_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "n", "fit_seconds", "predict_seconds"}
+BASE_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "n", "val_accuracy", "fit_seconds", "predict_seconds"}
 PROBA_KEYS = {"log_loss", "top3_accuracy"}
 CONFIGS = {
     "svm": ClassifierConfig(name="svm", estimator="linear_svm", layer="conv_pw_5_relu", params={"C": 0.1}),

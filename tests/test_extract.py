@@ -55,6 +55,18 @@ def test_stored_features_equal_keras_reference(features_file, extract_config, mo
     assert np.abs(none_out).max() > 0.1  # the comparison is not between two arrays of zeros
 
 
+def test_pixels_are_the_decoded_image_box_downscaled(features_file, extract_config, digits_dir):
+    with h5py.File(features_file, "r") as f:
+        paths = [digits_dir / f["paths"].asstr()[i] for i in ROWS]
+        stored = f["features/pixels"][ROWS]
+    for path, pixels in zip(paths, stored):
+        decoded = keras.utils.load_img(path, target_size=extract_config.input_size, interpolation="bilinear")
+        # 64x64 -> 8x8 is a whole factor, so a box filter is the mean of each 8x8 block
+        blocks = keras.utils.img_to_array(decoded).reshape(8, 8, 8, 8, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(pixels, blocks, atol=1.0)  # PIL rounds the box mean to uint8 (fixed point)
+    assert stored.std() > 10  # images, not a constant
+
+
 def test_rows_and_labels_align_with_the_manifest(features_file, manifest, digits_dir):
     with h5py.File(features_file, "r") as f:
         paths = list(f["paths"].asstr()[()])
@@ -67,7 +79,10 @@ def test_rows_and_labels_align_with_the_manifest(features_file, manifest, digits
 
 
 def test_feature_datasets_have_row_shapes_and_row_chunks(features_file, manifest):
-    expected = {"conv_pw_5_relu": ((256,), np.float32), "conv_pw_13_relu": ((2, 2, 1024), np.float16)}
+    expected = {
+        "conv_pw_5_relu": ((256,), np.float32), "conv_pw_13_relu": ((2, 2, 1024), np.float16),
+        "pixels": ((8, 8, 3), np.float32),
+    }
     with h5py.File(features_file, "r") as f:
         assert set(f["features"]) == set(expected)
         for name, (row_shape, dtype) in expected.items():
@@ -92,9 +107,10 @@ def test_provenance_attributes(features_file, manifest, mobilenet):
     assert attrs["interpolation"] == "bilinear"
     assert attrs["preprocessing"] == "keras.applications.mobilenet.preprocess_input"
     assert json.loads(attrs["class_names"]) == [str(d) for d in range(10)]
-    assert json.loads(attrs["layers"]) == ["conv_pw_5_relu", "conv_pw_13_relu"]
-    assert json.loads(attrs["pooling"]) == {"conv_pw_5_relu": "avg", "conv_pw_13_relu": "none"}
-    assert json.loads(attrs["dtype"]) == {"conv_pw_5_relu": "float32", "conv_pw_13_relu": "float16"}
+    assert json.loads(attrs["layers"]) == ["conv_pw_5_relu", "conv_pw_13_relu", "pixels"]
+    assert json.loads(attrs["pooling"]) == {"conv_pw_5_relu": "avg", "conv_pw_13_relu": "none", "pixels": "none"}
+    assert json.loads(attrs["dtype"]) == {"conv_pw_5_relu": "float32", "conv_pw_13_relu": "float16", "pixels": "float32"}
+    assert attrs["pixels"] == 8
     assert attrs["image_root"] == str(manifest.root)
     versions = json.loads(attrs["versions"])
     assert versions["tensorflow"] == tf.__version__

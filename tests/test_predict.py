@@ -46,6 +46,12 @@ def head_model(features_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def pixels_model(features_file, tmp_path_factory):
+    """The raw-pixel baseline: no backbone layer at all, the downscaled decoded images."""
+    return train(features_file, tmp_path_factory, "pixels", "logistic_regression", "pixels", max_iter=2000)
+
+
+@pytest.fixture(scope="module")
 def stored(features_file, digits_dir):
     """Absolute paths, labels and stored features (flattened, per layer) of some rows of the features file."""
     with h5py.File(features_file, "r") as f:
@@ -65,7 +71,9 @@ def full_outputs(prediction: Prediction, class_names) -> np.ndarray:
     return np.array([values[name] for name in class_names])
 
 
-@pytest.mark.parametrize(("model", "layer"), [("lr_model", "conv_pw_5_relu"), ("head_model", "conv_pw_13_relu")])
+@pytest.mark.parametrize(
+    ("model", "layer"), [("lr_model", "conv_pw_5_relu"), ("head_model", "conv_pw_13_relu"), ("pixels_model", "pixels")]
+)
 def test_predictions_equal_the_classifier_on_the_stored_features(request, stored, model, layer, caplog):
     model_dir = request.getfixturevalue(model)
     paths, X, _ = stored
@@ -86,6 +94,14 @@ def test_features_equal_the_stored_rows(lr_predictor, stored):
     paths, X, _ = stored
     (batch,) = iter_batches(paths, lr_predictor.backbone.input_size, batch_size=len(paths))
     np.testing.assert_allclose(lr_predictor.features(batch.images), X["conv_pw_5_relu"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_pixels_model_needs_no_forward_pass_and_reproduces_its_features(pixels_model, stored):
+    predictor = load_predictor(pixels_model)
+    assert predictor.feature_model is None
+    paths, X, _ = stored
+    (batch,) = iter_batches(paths, predictor.backbone.input_size, batch_size=len(paths))
+    np.testing.assert_array_equal(predictor.features(batch.images), X["pixels"])
 
 
 def test_top_k_is_ordered_and_clipped_to_the_classes(lr_predictor, stored):

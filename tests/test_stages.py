@@ -12,9 +12,17 @@ def stage(name, *args):
 
 
 def test_unknown_classifier_names_the_configured_ones():
-    result = stage("train", "no_such_clf", "--features", "data/features.h5", "--out", "/tmp/unused")
+    result = stage("train", "no_such_clf", "--layer", "pixels", "--features", "data/features.h5", "--out", "/tmp/unused")
     assert result.returncode == 2
-    assert "classifier must be one of ['dense_head', 'linear_svm', 'logreg', 'logreg_search']. Received: classifier='no_such_clf'" in result.stderr
+    assert "classifier must be one of ['dense_head', 'linear_svm', 'logreg', 'sgd_stream']. Received: classifier='no_such_clf'" in result.stderr
+
+
+def test_leaderboard_names_the_missing_evaluations(tmp_path):
+    result = stage("leaderboard", "--eval", str(tmp_path / "eval"), "--out", str(tmp_path / "board"))
+    assert result.returncode == 2
+    assert "no metrics for 16 of 16 classifier x layer pairs; missing: [" in result.stderr
+    assert str(tmp_path / "eval" / "logreg" / "pixels" / "metrics.json") in result.stderr
+    assert not (tmp_path / "board").exists()
 
 
 def test_a_folder_that_is_no_model_is_refused(tmp_path):

@@ -12,13 +12,18 @@ from pipeline.atomic import temporary_sibling
 from pipeline.store import (
     CHUNK_BYTES,
     FeatureWriter,
+    iter_chunks,
     load_dask,
+    load_layers,
     load_split,
     open_features,
     read_attrs,
     rows_per_chunk,
+    split_nbytes,
+    split_rows,
 )
 from pipeline.validation import ConfigError
+from synthetic import N_ROWS, ROW, WIDE
 
 SPLITS = ["train", "val", "train", "test", "train"]  # train rows 0, 2, 4 are not contiguous
 LABELS = np.array([0, 1, 2, 1, 0])
@@ -253,6 +258,22 @@ def test_load_split_of_contiguous_rows(tmp_path):
     np.testing.assert_array_equal(load_split(path, "pooled", "val").y, LABELS[3:])
 
 
+@pytest.mark.parametrize(
+    ("splits", "split", "expected"),
+    [(SPLITS, "train", [0, 2, 4]), (SPLITS, "val", slice(1, 2)), (["val", "val", "train", "train", "test"], "train", slice(2, 4))],
+)
+def test_split_rows_reads_the_split_column_in_pieces(tmp_path, splits, split, expected):
+    path = tmp_path / "features.h5"
+    with writer(path) as w:
+        write_rows(w, splits)
+    with open_features(path) as f:
+        for piece_rows in (1, 2, 4096):
+            rows = split_rows(f, split, piece_rows=piece_rows)
+            assert rows == expected if isinstance(expected, slice) else rows.tolist() == expected
+        with pytest.raises(ConfigError, match=re.escape("split must be one of ['test', 'train', 'val']. Received")):
+            split_rows(f, "valid", piece_rows=2)
+
+
 def test_load_split_flatten_gives_one_row_per_image(features):
     loaded = load_split(features, "maps", "train", flatten=True)
     assert loaded.X.shape == (3, 12)
@@ -308,3 +329,75 @@ def test_load_dask_chunks_are_whole_multiples_of_the_hdf5_chunks(tmp_path):
         hdf5_rows = f["features/wide"].chunks[0]
     assert X.chunks[0][0] % hdf5_rows == 0 and X.chunks[0][0] == 3 * hdf5_rows
     assert float(X.sum().compute()) == n * 1024
+
+
+def concatenated(blocks):
+    blocks = list(blocks)
+    return np.concatenate([b.X for b in blocks]), np.concatenate([b.y for b in blocks])
+
+
+# --- iter_chunks and split_nbytes, on synthetic files with interleaved or grouped splits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [("wide",), ("maps",), ("maps", "wide")], ids="+".join)
+@pytest.mark.parametrize("split", ["train", "val", "test", None])
+def test_blocks_in_file_order_concatenate_to_load_layers(synthetic, layers, split):
+    expected = load_layers(synthetic, layers, split)
+    blocks = list(iter_chunks(synthetic, layers, split, chunk_bytes=100 * ROW))
+    X, y = concatenated(blocks)
+    assert len(blocks) > 1 or layers == ("maps",)
+    assert X.dtype == expected.X.dtype == (np.float16 if layers == ("maps",) else np.float32)
+    np.testing.assert_array_equal(X, expected.X)
+    np.testing.assert_array_equal(y, expected.y)
+
+
+@pytest.mark.parametrize("layers", [("wide",), ("maps", "wide")], ids="+".join)
+@pytest.mark.parametrize("split", ["train", "test", None])
+def test_split_nbytes_is_what_load_layers_holds(synthetic, layers, split):
+    assert split_nbytes(synthetic, layers, split) == load_layers(synthetic, layers, split).X.nbytes
+
+
+def test_seeded_blocks_are_a_permutation_of_the_rows_fixed_by_the_seed(interleaved):
+    expected = load_layers(interleaved, ["wide"], "train")
+
+    def rows(seed):
+        return concatenated(iter_chunks(interleaved, ["wide"], "train", chunk_bytes=100 * ROW, seed=seed))
+
+    X, y = rows(3)
+    ids = X[:, 0]
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(X[order], expected.X)
+    np.testing.assert_array_equal(y[order], expected.y)
+    assert not np.all(np.diff(ids[:100]) > 0)  # rows are shuffled within the first block too
+    np.testing.assert_array_equal(rows(3)[0], X)
+    assert not np.array_equal(rows(4)[0][:, 0], ids)
+
+
+def test_blocks_fill_chunk_bytes_and_end_where_an_hdf5_chunk_starts(synthetic):
+    with open_features(synthetic) as f:
+        assert f["features/wide"].chunks == (256, WIDE)
+    blocks = list(iter_chunks(synthetic, ["wide"], None, chunk_bytes=600 * ROW))
+    assert [len(b.y) for b in blocks] == [512, 512, 176]  # 600 rows fit; two whole chunks are read per block
+    train = list(iter_chunks(synthetic, ["maps", "wide"], "train", chunk_bytes=600 * ROW))
+    assert all(b.X.nbytes <= 600 * ROW for b in train)
+    first_ids, last_ids = (np.array([b.X[i, 32] for b in train]) for i in (0, -1))  # wide column 0: row number
+    assert np.all(last_ids[:-1] // 256 < first_ids[1:] // 256)  # no HDF5 chunk is split between two blocks
+
+
+def test_seeded_blocks_mix_whole_hdf5_chunks_from_across_the_split(synthetic):
+    blocks = list(iter_chunks(synthetic, ["wide"], None, chunk_bytes=600 * ROW, seed=0))
+    chunks = [set((b.X[:, 0] // 256).astype(int).tolist()) for b in blocks]  # HDF5 chunks of 256 rows
+    assert sum(len(b.y) for b in blocks) == N_ROWS and all(len(b.y) <= 600 for b in blocks)
+    assert sorted(c for block in chunks for c in block) == [0, 1, 2, 3, 4]  # each chunk read by one block
+    assert any(max(block) - min(block) >= len(block) for block in chunks)  # a block of chunks that are not neighbours
+
+
+def test_a_budget_under_one_row_still_gives_one_row_a_block(interleaved):
+    blocks = list(iter_chunks(interleaved, ["wide"], "val", chunk_bytes=1))
+    assert {len(b.y) for b in blocks} == {1}
+    assert len(blocks) == len(load_layers(interleaved, ["wide"], "val").y)
+
+
+def test_unknown_layer_names_the_stored_ones(interleaved):
+    with pytest.raises(ConfigError, match=r"layer must be one of \['maps', 'wide'\]. Received: layer='deep'"):
+        next(iter_chunks(interleaved, ["wide", "deep"], "train", chunk_bytes=1 << 20))

@@ -7,7 +7,7 @@ import pytest
 from pipeline.classifiers import KerasHeadClassifier
 from pipeline.config import ClassifierConfig
 from pipeline.models import load_model
-from pipeline.store import load_layers, load_split
+from pipeline.store import load_layers, load_split, split_nbytes
 from pipeline.train import FEATURE_KEYS, train_classifier, training_history
 from pipeline.validation import ConfigError
 
@@ -71,7 +71,7 @@ def test_mlp_records_its_training_loss_per_epoch(features_file, tmp_path):
 
 def test_unknown_layer_names_the_extracted_layers(features_file, tmp_path):
     config = ClassifierConfig(name="lr", estimator="logistic_regression", layer="conv_pw_7_relu")
-    with pytest.raises(ConfigError, match=r"classifiers.lr.layer must be one of \['conv_pw_13_relu', 'conv_pw_5_relu'\]"):
+    with pytest.raises(ConfigError, match=r"classifiers.lr.layer must be one of \['conv_pw_13_relu', 'conv_pw_5_relu', 'pixels'\]"):
         train_classifier(features_file, config, tmp_path / "lr")
     assert not (tmp_path / "lr").exists()
 
@@ -111,9 +111,9 @@ def test_concatenated_layers_train_evaluate_and_predict(features_file, tmp_path,
 
 def test_grid_search_picks_by_cross_validation_and_records_it(features_file, tmp_path):
     config = ClassifierConfig.from_params({"s": {
-        "estimator": "logistic_regression", "layer": "conv_pw_5_relu", "params": {"max_iter": 500},
+        "estimator": "logistic_regression", "params": {"max_iter": 500},
         "search": {"method": "grid", "space": {"C": [0.001, 1.0]}, "cv": 2, "n_jobs": 2},
-    }}, "s")
+    }}, "s", "conv_pw_5_relu")
     saved = train_classifier(features_file, config, tmp_path / "s")
     record = saved["search"]
     assert record["candidates"] == 2 and record["best_params"]["C"] in (0.001, 1.0)
@@ -123,16 +123,45 @@ def test_grid_search_picks_by_cross_validation_and_records_it(features_file, tmp
 
 def test_random_search_samples_distributions(features_file, tmp_path):
     config = ClassifierConfig.from_params({"s": {
-        "estimator": "logistic_regression", "layer": "conv_pw_5_relu",
+        "estimator": "logistic_regression",
         "search": {"method": "random", "space": {"C": {"loguniform": [0.01, 10]}}, "n_iter": 3, "cv": 2},
-    }}, "s")
+    }}, "s", "conv_pw_5_relu")
     record = train_classifier(features_file, config, tmp_path / "s")["search"]
     assert record["candidates"] == 3 and 0.01 <= record["best_params"]["C"] <= 10
 
 
 def test_search_space_keys_are_checked_before_reading_features(tmp_path):
     config = ClassifierConfig.from_params({"s": {
-        "estimator": "linear_svm", "layer": "l", "search": {"space": {"c": [1, 2]}},
-    }}, "s")
+        "estimator": "linear_svm", "search": {"space": {"c": [1, 2]}},
+    }}, "s", "l")
     with pytest.raises(ConfigError, match=r"unknown hyper-parameter classifiers.s.search.space.c for linear_svm; did you mean 'C'\?"):
         train_classifier(tmp_path / "absent.h5", config, tmp_path / "s")
+
+
+def test_out_of_core_when_asked_streams_and_records_why(features_file, tmp_path):
+    config = ClassifierConfig(
+        name="sgd", estimator="sgd", layer="conv_pw_5_relu", out_of_core=True, passes=3, params={"loss": "log_loss"}
+    )
+    saved = train_classifier(features_file, config, tmp_path / "sgd", chunk_size=8 * 256 * 4)  # 8-row blocks
+    assert saved["out_of_core"] == "classifiers.sgd.out_of_core is true"
+    assert [row["epoch"] for row in saved["history"]] == [1, 2, 3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(saved["history"][0])
+    assert saved["val_accuracy"] > 0.3  # 10 classes; chance is 0.1
+
+
+def test_out_of_core_is_automatic_over_the_memory_budget(features_file, tmp_path):
+    train_bytes = split_nbytes(features_file, ["conv_pw_5_relu"], "train")
+    config = ClassifierConfig(name="sgd", estimator="sgd", layer="conv_pw_5_relu", passes=2)
+    streamed = train_classifier(features_file, config, tmp_path / "small", memory_budget=train_bytes - 1, chunk_size=4096)
+    assert streamed["out_of_core"].startswith("its train features take ")
+    assert "over train.memory_budget" in streamed["out_of_core"]
+    in_memory = train_classifier(features_file, config, tmp_path / "big", memory_budget=train_bytes, chunk_size=4096)
+    assert in_memory["out_of_core"] is None and in_memory["history"] == []
+
+
+def test_an_estimator_that_cannot_stream_is_refused_over_the_budget(features_file, tmp_path):
+    config = ClassifierConfig(name="nn", estimator="knn", layer="conv_pw_5_relu")
+    with pytest.raises(ConfigError, match=r"classifiers\.nn\.estimator must be one of \['keras_head', 'mlp', 'sgd'\] "
+                                          r"to train out of core \(its train features take .* over train\.memory_budget"):
+        train_classifier(features_file, config, tmp_path / "nn", memory_budget=1024, chunk_size=256)
+    assert not (tmp_path / "nn").exists()

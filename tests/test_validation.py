@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from pipeline.validation import ConfigError, check_fraction, check_int, check_keys, check_one_of, did_you_mean
+from pipeline.validation import (
+    ConfigError,
+    check_bytes,
+    check_fraction,
+    check_int,
+    check_keys,
+    check_one_of,
+    did_you_mean,
+    format_bytes,
+)
 
 
 def test_config_error_is_a_value_error():
@@ -91,3 +100,22 @@ def test_did_you_mean_suggests_the_closest_candidate_or_nothing():
     assert did_you_mean("conv_pw_13_rel", ["conv_pw_13_relu", "conv_pw_1_relu", "pool"]) == "; did you mean 'conv_pw_13_relu'?"
     assert did_you_mean("xyz", ["conv_pw_13_relu"]) == ""
     assert did_you_mean(3, [1, 3]) == "; did you mean '3'?"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(4096, 4096), ("512MiB", 512 * 2**20), ("2 GiB", 2 * 2**30), ("1.5GB", 1_500_000_000), ("64kib", 64 * 1024), ("100", 100)],
+)
+def test_check_bytes_reads_integers_and_sizes_with_units(value, expected):
+    assert check_bytes("train.memory_budget", value) == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "2 TiB", "MiB", [1], 0, -5, True])
+def test_check_bytes_names_the_parameter_and_the_value(value):
+    with pytest.raises(ConfigError, match=r"train\.memory_budget must be .*Received: train\.memory_budget="):
+        check_bytes("train.memory_budget", value)
+
+
+@pytest.mark.parametrize(("n", "text"), [(500, "500 B"), (1536, "1.5 KiB"), (1572864, "1.5 MiB"), (3 * 2**30, "3.0 GiB")])
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text

@@ -1,0 +1,124 @@
+"""The leaderboard: every classifier x layer's test metrics in one CSV, Markdown table, DVC plot and heat map."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import atomic_file, write_json
+from pipeline.config import PIXELS
+from pipeline.plots import heatmap
+from pipeline.validation import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Columns after classifier and layer; a metric an estimator cannot give (log loss without probabilities) is empty.
+COLUMNS = (
+    "accuracy", "balanced_accuracy", "macro_f1", "log_loss", "top3_accuracy", "val_accuracy", "fit_seconds",
+    "predict_seconds",
+)
+HEADERS = {
+    "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1", "log_loss": "log loss",
+    "top3_accuracy": "top-3 acc.", "val_accuracy": "val acc.", "fit_seconds": "fit s", "predict_seconds": "predict s",
+}
+
+
+def collect(eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per classifier x layer from ``eval_dir/<classifier>/<layer>/metrics.json``, best test accuracy first.
+
+    Every configured pair must have been evaluated: a missing file is a ConfigError naming it (nothing is dropped).
+    Ties are broken by val accuracy, then by name.
+    """
+    paths = {(c, layer): Path(eval_dir) / c / layer / "metrics.json" for c in classifiers for layer in layers}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise ConfigError(f"no metrics for {len(missing)} of {len(paths)} classifier x layer pairs; missing: {missing}")
+    rows = []
+    for (classifier, layer), path in paths.items():
+        metrics = json.loads(path.read_text())
+        rows.append({"classifier": classifier, "layer": layer, **{key: metrics.get(key) for key in COLUMNS}})
+    rows.sort(key=lambda r: (-r["accuracy"], -(r["val_accuracy"] or 0.0), r["classifier"], r["layer"]))
+    return rows
+
+
+def transfer_gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per classifier with a ``pixels`` row: its best layer and the test-accuracy gain over raw pixels."""
+    gains = []
+    for classifier in dict.fromkeys(row["classifier"] for row in rows):
+        mine = [row for row in rows if row["classifier"] == classifier]
+        pixels = next((row for row in mine if row["layer"] == PIXELS), None)
+        learned = [row for row in mine if row["layer"] != PIXELS]
+        if pixels is None or not learned:
+            continue
+        best = max(learned, key=lambda row: (row["accuracy"], row["val_accuracy"] or 0.0))
+        gains.append({
+            "classifier": classifier, "best_layer": best["layer"], "accuracy": best["accuracy"],
+            "pixels_accuracy": pixels["accuracy"], "gain": best["accuracy"] - pixels["accuracy"],
+        })
+    return gains
+
+
+def _cell(value: Any, key: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.2f}" if key.endswith("seconds") else f"{value:.3f}"
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The leaderboard as a Markdown table (best first, the top row in bold), then the transfer-vs-pixels lines."""
+    lines = [
+        "| rank | classifier | layer | " + " | ".join(HEADERS[key] for key in COLUMNS) + " |",
+        "|---:|---|---|" + "---:|" * len(COLUMNS),
+    ]
+    for rank, row in enumerate(rows, start=1):
+        cells = [str(rank), row["classifier"], f"`{row['layer']}`", *(_cell(row[key], key) for key in COLUMNS)]
+        if rank == 1:
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    gains = transfer_gains(rows)
+    if gains:
+        lines += ["", "Transfer vs raw pixels (test accuracy, best layer against the same classifier on `pixels`):", ""]
+        lines += [
+            f"- {g['classifier']}: `{g['best_layer']}` {g['accuracy']:.3f} vs pixels {g['pixels_accuracy']:.3f} "
+            f"({g['gain']:+.3f})"
+            for g in gains
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str], out_dir: str | Path) -> list[dict[str, Any]]:
+    """Write ``leaderboard.csv``, ``leaderboard.md``, ``leaderboard.json`` (DVC bar plot) and ``leaderboard.png``.
+
+    The PNG is a classifiers x layers heat map of test accuracy; the JSON has one row per pair with ``run``
+    (``classifier · layer``) for DVC's bar_horizontal template.
+    """
+    rows = collect(eval_dir, classifiers, layers)
+    out_dir = Path(out_dir)
+    with atomic_file(out_dir / "leaderboard.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["rank", "classifier", "layer", *COLUMNS])
+        writer.writeheader()
+        writer.writerows({"rank": rank, **row} for rank, row in enumerate(rows, start=1))
+    with atomic_file(out_dir / "leaderboard.md") as tmp:
+        tmp.write_text(markdown(rows))
+    write_json(out_dir / "leaderboard.json", [{"run": f"{r['classifier']} · {r['layer']}", **r} for r in rows])
+    accuracy = {(row["classifier"], row["layer"]): row["accuracy"] for row in rows}
+    grid = np.array([[accuracy[c, layer] for layer in layers] for c in classifiers])
+    with atomic_file(out_dir / "leaderboard.png") as tmp:
+        heatmap(
+            grid, list(classifiers), list(layers), tmp, title="Test accuracy: classifier x layer",
+            xlabel="layer (features)", ylabel="classifier", colorbar="test accuracy", fmt="{:.3f}", cmap="viridis",
+            vmin=None,
+        )
+    best = rows[0]
+    log.info(
+        "leaderboard of %d runs: best %s on %s, test accuracy %.4f", len(rows), best["classifier"], best["layer"],
+        best["accuracy"],
+    )
+    return rows
