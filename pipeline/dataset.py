@@ -38,6 +38,16 @@ class Manifest:
     def absolute(self, index: int) -> Path:
         return self.root / self.paths[index]
 
+    def grouped_by_split(self) -> Manifest:
+        """The same rows, stably reordered train, val, test, then unlabelled: each split is then one contiguous run
+        of rows in the features file, which reads at the speed of ``np.load`` (scattered rows read at about half)."""
+        rank = {name: i for i, name in enumerate((*SPLITS, UNLABELLED))}
+        order = sorted(range(len(self)), key=lambda i: rank[self.splits[i]])
+        return Manifest(
+            self.root, tuple(self.paths[i] for i in order), self.labels[order], tuple(self.splits[i] for i in order),
+            self.class_names,
+        )
+
 
 def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """A fixed stratified train/val/test split of row indices, sorted within each split."""
@@ -304,13 +314,16 @@ def read_csv(path: str | Path, image_root: str | Path | None = None, split: Spli
 def read_images(
     source: str | Path, image_root: str | Path | None = None, split: SplitConfig = SplitConfig()
 ) -> Manifest:
-    """Read any image source into a Manifest.
+    """Read any image source into a Manifest, its rows grouped by split (``Manifest.grouped_by_split``).
 
     - a folder with split folders (``train/`` and optionally ``val/``, ``test/``): ``read_split_folders``;
     - any other folder: ``read_folder`` (one folder per class, split by ``split``; or loose images, unlabelled);
     - a ``.csv`` file: ``read_csv`` with paths relative to ``image_root`` (default: the CSV's folder).
     """
-    source = Path(source)
+    return _read_source(Path(source), image_root, split).grouped_by_split()
+
+
+def _read_source(source: Path, image_root: str | Path | None, split: SplitConfig) -> Manifest:
     if source.suffix.lower() == ".csv" and not source.is_dir():
         return read_csv(source, image_root, split)
     if source.is_file():

@@ -147,10 +147,8 @@ class _Tally:
         if hasattr(estimator, "predict_proba"):
             proba = estimator.predict_proba(block.X)
             self.loss += log_loss(block.y, proba, labels=classes, normalize=False)
-            predicted = estimator.classes_[np.argmax(proba, axis=1)]
-        else:
-            predicted = estimator.predict(block.X)
-        self.correct += int(np.sum(predicted == block.y))
+        # predict, not the argmax of predict_proba: SGD's one-vs-rest sigmoids saturate to tied 1.0s on wide margins
+        self.correct += int(np.sum(estimator.predict(block.X) == block.y))
         self.rows += len(block.y)
 
     def scores(self, prefix: str = "") -> dict[str, float]:

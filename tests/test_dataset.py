@@ -184,7 +184,7 @@ def test_folder_with_val_but_no_train_folder_says_train_is_missing(tmp_path):
 
 def test_class_folders_give_sorted_rows_and_a_stratified_split(tmp_path):
     root = class_tree(tmp_path / "images", {"dog": 10, "cat": 10, "bird": 10})
-    manifest = read_images(root, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1))
+    manifest = read_folder(root, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1))
     assert manifest.root == root
     assert manifest.class_names == ("bird", "cat", "dog")
     assert manifest.paths == tuple(sorted(manifest.paths)) and len(manifest) == 30
@@ -205,9 +205,9 @@ def test_class_folder_split_is_seeded_and_independent_of_creation_order(tmp_path
     names = [f"{name}/{i:02d}.png" for name, n in counts.items() for i in range(n)]
     second = make_tree(tmp_path / "second", *reversed(names))  # files created in the opposite order
     config = SplitConfig(seed=4)
-    one, two = read_images(first, split=config), read_images(second, split=config)
+    one, two = read_folder(first, split=config), read_folder(second, split=config)
     assert (one.paths, one.labels.tolist(), one.splits) == (two.paths, two.labels.tolist(), two.splits)
-    other = read_images(first, split=SplitConfig(seed=5))
+    other = read_folder(first, split=SplitConfig(seed=5))
     assert other.paths == one.paths and other.splits != one.splits
 
 
@@ -284,7 +284,7 @@ def test_csv_without_split_keeps_file_order_sorted_class_names_and_a_stratified_
     root = make_tree(tmp_path, *names)
     rows = [f"{name},{'zebra' if i % 2 else 'apple'}" for i, name in enumerate(reversed(names))]
     source = write_csv(tmp_path / "train.csv", "filename,label", *rows)
-    manifest = read_images(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
+    manifest = read_csv(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
     assert manifest.root == root
     assert manifest.paths == tuple(reversed(names))
     assert manifest.class_names == ("apple", "zebra")
@@ -292,7 +292,7 @@ def test_csv_without_split_keeps_file_order_sorted_class_names_and_a_stratified_
     splits = np.asarray(manifest.splits)
     for label in (0, 1):
         assert [int(np.sum((manifest.labels == label) & (splits == s))) for s in SPLITS] == [6, 2, 2]
-    again = read_images(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
+    again = read_csv(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
     assert again.splits == manifest.splits
 
 
@@ -302,12 +302,17 @@ def test_csv_split_column_is_used_as_given_and_columns_may_come_in_any_order(tmp
         tmp_path / "meta" / "list.csv", "split, label, filename", "val, 2, a.png", "train, 10, b.png",
         "test, 2, c.png", "", "train, 2, d.png",
     )
-    manifest = read_images(source, image_root=tmp_path / "pics")
+    manifest = read_csv(source, image_root=tmp_path / "pics")
     assert manifest.root == tmp_path / "pics"
     assert manifest.paths == ("a.png", "b.png", "c.png", "d.png")
     assert manifest.splits == ("val", "train", "test", "train")
     assert manifest.class_names == ("10", "2")
     assert manifest.labels.tolist() == [1, 0, 1, 1]
+    # read_images, what extraction uses, groups the rows by split (stable within a split): contiguous in HDF5
+    grouped = read_images(source, image_root=tmp_path / "pics")
+    assert grouped.paths == ("b.png", "d.png", "a.png", "c.png")
+    assert grouped.splits == ("train", "train", "val", "test")
+    assert grouped.labels.tolist() == [0, 1, 1, 1] and grouped.class_names == manifest.class_names
 
 
 def test_csv_without_label_column_is_unlabelled(tmp_path):

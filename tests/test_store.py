@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import h5py
@@ -81,7 +82,7 @@ def test_rows_per_chunk_is_the_most_rows_within_the_target(row_shape, dtype):
 
 def test_layout_is_row_aligned_with_chunked_feature_datasets(features):
     with h5py.File(features, "r") as f:
-        assert sorted(f) == ["features", "labels", "paths", "progress", "skipped", "split"]
+        assert sorted(f) == ["features", "labels", "paths", "progress", "skipped", "split", "split_code"]
         assert f["progress"][()].tolist() == [5, 5]
         assert f["paths"].asstr()[()].tolist() == PATHS
         assert f["split"].asstr()[()].tolist() == SPLITS
@@ -262,16 +263,23 @@ def test_load_split_of_contiguous_rows(tmp_path):
     ("splits", "split", "expected"),
     [(SPLITS, "train", [0, 2, 4]), (SPLITS, "val", slice(1, 2)), (["val", "val", "train", "train", "test"], "train", slice(2, 4))],
 )
-def test_split_rows_reads_the_split_column_in_pieces(tmp_path, splits, split, expected):
+def test_split_rows_by_code_and_by_the_strings_agree(tmp_path, splits, split, expected):
     path = tmp_path / "features.h5"
     with writer(path) as w:
         write_rows(w, splits)
-    with open_features(path) as f:
-        for piece_rows in (1, 2, 4096):
-            rows = split_rows(f, split, piece_rows=piece_rows)
+    with h5py.File(path, "r") as f:
+        names = json.loads(f["split_code"].attrs["names"])
+        assert names == sorted(set(splits))
+        assert [names[code] for code in f["split_code"][()]] == splits
+    for drop_codes in (False, True):  # True: a file written by hand, with /split only
+        if drop_codes:
+            with h5py.File(path, "r+") as f:
+                del f["split_code"]
+        with open_features(path) as f:
+            rows = split_rows(f, split)
             assert rows == expected if isinstance(expected, slice) else rows.tolist() == expected
-        with pytest.raises(ConfigError, match=re.escape("split must be one of ['test', 'train', 'val']. Received")):
-            split_rows(f, "valid", piece_rows=2)
+            with pytest.raises(ConfigError, match=re.escape("split must be one of ['test', 'train', 'val']. Received")):
+                split_rows(f, "valid")
 
 
 def test_load_split_flatten_gives_one_row_per_image(features):
