@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.config import ExtractConfig
+from common import positive
 from pipeline.entry import configure_logging
 
 log = logging.getLogger("bench.extract")
@@ -34,13 +35,6 @@ METHODS = {
     "load_img": "anchor a: load_img list + model.predict",
     "dataset": "anchor b: image_dataset_from_directory + model.predict",
 }
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from common import positive
 from pipeline.entry import configure_logging
 
 log = logging.getLogger("bench.train")
@@ -34,13 +35,6 @@ SPLITS = {  # extraction groups rows by split, so every file it writes is contig
 # at this process's peak: each measurement runs in a grandchild, started by a small Python process.
 LAUNCH = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 MEMORY_MODES = {"in_memory": "in memory (load_layers + fit)", "out_of_core": "out of core (HDF5 blocks -> partial_fit)"}
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
