@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.config import ExtractConfig
 from common import positive
+from pipeline.config import ExtractConfig
 from pipeline.entry import configure_logging
 
 log = logging.getLogger("bench.extract")
@@ -29,12 +29,16 @@ IMAGE_SIZE = (320, 240)  # (width, height) of the generated JPEGs
 JPEG_QUALITY = 90
 SPEED_TARGET = 0.9  # end-to-end / compute-only images/s, at the largest size
 MEMORY_TARGET = 10.0  # % growth of the pipeline's peak RSS from the smallest to the largest size
+OVERHEAD_TARGET = 5.0  # % of a cluster run's wall time outside the workers' shard phase, at the largest size
 METHODS = {
     "compute": "compute-only (predict_on_batch, in-memory batch)",
     "pipeline": "pipeline (run_extraction -> HDF5)",
     "load_img": "anchor a: load_img list + model.predict",
     "dataset": "anchor b: image_dataset_from_directory + model.predict",
+    "cluster": "pipeline on a Dask LocalCluster of 2 workers (8 shards, merged)",
 }
+CLUSTER = "local:2"
+SHARDS = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,6 +170,40 @@ def measure_pipeline(config: ExtractConfig, folder: Path, n: int) -> dict:
     return {"images": n, **since(started), "output": str(out)}
 
 
+class ShardPhase(logging.Handler):
+    """Notes when pipeline.shards plans the shards and when the last one is done: the span the workers extract."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for key, text in (("planned", "images in"), ("extracted", "shards extracted")):
+            if text in record.msg:
+                self.times[key] = record.created
+
+
+def measure_cluster(config: ExtractConfig, folder: Path, n: int) -> dict:
+    """The same stage on a LocalCluster: the overhead is everything outside the workers' shard phase (the client's
+    model load and plan, starting and stopping the cluster, the merge)."""
+    import dataclasses
+
+    from pipeline.extract import run_extraction
+
+    shard_size = math.ceil(n / SHARDS)
+    config = dataclasses.replace(config, cluster=CLUSTER, shard_size=shard_size)
+    out = folder.parent / f"features-cluster-{n}.h5"
+    out.unlink(missing_ok=True)
+    phase = ShardPhase()
+    logging.getLogger("pipeline.shards").addHandler(phase)
+    started = clock()
+    run_extraction(folder, out, config)
+    result = {"images": n, **since(started), "output": str(out)}
+    result["shard_phase_seconds"] = phase.times["extracted"] - phase.times["planned"]
+    result["overhead_pct"] = 100 * (1 - result["shard_phase_seconds"] / result["seconds"])
+    return result
+
+
 def measure_load_img(config: ExtractConfig, folder: Path, n: int) -> dict:
     """The seed articles: every image into one list via load_img, one array, preprocess_input, model.predict."""
     import keras
@@ -198,6 +236,7 @@ def measure_dataset(config: ExtractConfig, folder: Path, n: int) -> dict:
 
 MEASURES = {
     "compute": measure_compute, "pipeline": measure_pipeline, "load_img": measure_load_img, "dataset": measure_dataset,
+    "cluster": measure_cluster,
 }
 
 
@@ -277,9 +316,11 @@ def targets(results: list[dict], sizes: list[int]) -> dict:
         growth = 100 * (large["peak_rss_mib"] / small["peak_rss_mib"] - 1)
     if "error" not in large and "error" not in compute:
         cpu_ratio = compute["cpu_ms_per_image"] / large["cpu_ms_per_image"]
+    overhead = find(results, "cluster", max(sizes)).get("overhead_pct")
     return {
         "speed_ratio": ratio, "speed_pass": ratio is not None and ratio >= SPEED_TARGET, "cpu_ratio": cpu_ratio,
         "memory_growth_pct": growth, "memory_pass": growth is not None and growth < MEMORY_TARGET,
+        "cluster_overhead_pct": overhead, "overhead_pass": overhead is not None and overhead < OVERHEAD_TARGET,
     }
 
 
@@ -305,11 +346,16 @@ def target_lines(summary: dict, sizes: list[int]) -> str:
     if summary["cpu_ratio"] is not None:
         ratio_text += f" (CPU-time ratio {summary['cpu_ratio']:.2f})"
     growth_text = "n/a" if growth is None else f"{growth:+.1f}%"
+    overhead = summary["cluster_overhead_pct"]
+    overhead_text = "n/a" if overhead is None else f"{overhead:.1f}%"
     return (
         f"speed: pipeline / compute-only images/s at {max(sizes):,} images = {ratio_text} "
         f"(target >= {SPEED_TARGET}): {verdict(summary['speed_pass'])}\n"
         f"memory: pipeline peak RSS growth {min(sizes):,} -> {max(sizes):,} images = {growth_text} "
-        f"(target < {MEMORY_TARGET:.0f}%): {verdict(summary['memory_pass'])}"
+        f"(target < {MEMORY_TARGET:.0f}%): {verdict(summary['memory_pass'])}\n"
+        f"cluster: share of the {CLUSTER} run at {max(sizes):,} images outside the shard phase (client model load, "
+        f"plan, cluster start and stop, merge) = {overhead_text} (target < {OVERHEAD_TARGET:.0f}%): "
+        f"{verdict(summary['overhead_pass'])}"
     )
 
 

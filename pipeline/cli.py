@@ -53,10 +53,13 @@ def extract_config(args: argparse.Namespace) -> ExtractConfig:
         "preprocessing": args.preprocessing,
         "mixed_precision": args.mixed_precision,
         "xla": args.xla,
+        "shard_size": args.shard_size,
     }
     merged = {**params, **{key: value for key, value in flags.items() if value is not None}}
-    if args.weights is not None:
-        merged["weights"] = None if args.weights.lower() in ("null", "none") else args.weights
+    for key in ("weights", "cluster"):
+        value = getattr(args, key)
+        if value is not None:
+            merged[key] = None if value.lower() in ("null", "none") else value
     if args.pooling or args.dtype:
         # names only, so that --pooling / --dtype apply to every layer
         merged["layers"] = ExtractConfig.from_params(merged).layer_names
@@ -107,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--compression", choices=COMPRESSIONS, help="HDF5 compression")
     extract.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None, help="GPU only")
     extract.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None, help="GPU only")
+    extract.add_argument("--cluster", help="extract in shards on Dask: local:N processes, tcp://host:port, or null")
+    extract.add_argument("--shard-size", type=int, help="images per shard on a cluster (default 1024)")
     extract.set_defaults(func=cmd_extract)
 
     predict = commands.add_parser("predict", help="top-k labels for images from a trained model, end to end")

@@ -15,6 +15,7 @@ import yaml
 from pipeline.validation import (
     ConfigError,
     check_bytes,
+    check_cluster,
     check_fraction,
     check_int,
     check_keys,
@@ -29,6 +30,8 @@ COMPRESSIONS = ("gzip", "lzf")
 ON_ERROR = ("skip", "fail")
 # The raw-pixel baseline's dataset in a features file: the decoded images, downscaled (extract.pixels).
 PIXELS = "pixels"
+# Where extraction runs and in what pieces: neither changes the file's content, so neither is hashed or recorded.
+PLACEMENT = ("cluster", "shard_size")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -120,7 +123,12 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything that decides the features (backbone, weights, input size, resize, layers) and how they are written."""
+    """Everything that decides the features (backbone, weights, input size, resize, layers) and how they are written.
+
+    ``cluster``: None extracts in this process; ``local:N`` or ``tcp://host:port`` extracts on a Dask cluster in
+    shards of ``shard_size`` images (rounded up to a multiple of the batch size), merged into the same file as one
+    process writes (see ``pipeline.shards``).
+    """
 
     backbone: str = "mobilenet"
     weights: str | None = "imagenet"
@@ -135,6 +143,8 @@ class ExtractConfig:
     xla: bool = False
     pixels: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    cluster: str | None = None
+    shard_size: int = 1024
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -163,6 +173,8 @@ class ExtractConfig:
             object.__setattr__(self, "split", SplitConfig.from_params(self.split))
         if self.pixels is not None:
             check_int("extract.pixels", self.pixels, minimum=1)
+        check_cluster("extract.cluster", self.cluster)
+        check_int("extract.shard_size", self.shard_size, minimum=1)
         if not self.layers:
             raise ConfigError("extract.layers must name at least one layer.")
         names = [spec.name for spec in self.layers]
@@ -204,10 +216,11 @@ class ExtractConfig:
         """The fields that change feature values, as plain JSON-able data.
 
         Left out: batch size (float rounding only), compression (lossless), on_error and the split (they decide
-        which rows and which split labels the file has, not the values; the manifest hash covers those).
+        which rows and which split labels the file has, not the values; the manifest hash covers those), and
+        where extraction runs (``PLACEMENT``: a cluster gives the same file).
         """
         identity = dataclasses.asdict(self)
-        for key in ("batch_size", "compression", "on_error", "split"):
+        for key in ("batch_size", "compression", "on_error", "split", *PLACEMENT):
             identity.pop(key)
         return identity
 
@@ -366,15 +379,13 @@ class TrainConfig:
 
     ``layers`` entries are a stored dataset name (a backbone layer, or ``pixels`` for the raw-pixel baseline) or
     names joined by ``+``, concatenated. Training streams from HDF5 in blocks of ``chunk_size`` bytes when a
-    layer's train features exceed ``memory_budget`` (see ``ClassifierConfig.out_of_core``). ``cluster`` is where
-    hyper-parameter searches run (``pipeline.cluster.joblib_backend``): it changes where, not what, so the train
-    stages do not depend on it.
+    layer's train features exceed ``memory_budget`` (see ``ClassifierConfig.out_of_core``). Searches run on
+    ``extract.cluster`` (the one configured cluster).
     """
 
     layers: tuple[str, ...]
     memory_budget: int = 2 << 30
     chunk_size: int = 64 << 20
-    cluster: str | None = None
 
     def __post_init__(self):
         layers = self.layers
@@ -389,8 +400,6 @@ class TrainConfig:
         object.__setattr__(self, "layers", tuple(layers))
         object.__setattr__(self, "memory_budget", check_bytes("train.memory_budget", self.memory_budget))
         object.__setattr__(self, "chunk_size", check_bytes("train.chunk_size", self.chunk_size))
-        if self.cluster is not None and not isinstance(self.cluster, str):
-            raise ConfigError(f"train.cluster must be null, 'local:N' or 'tcp://host:port'. Received: cluster={self.cluster!r}")
         if self.chunk_size * STREAM_BLOCKS > self.memory_budget:
             raise ConfigError(
                 f"train.chunk_size must be at most train.memory_budget / {STREAM_BLOCKS} (streaming holds about "

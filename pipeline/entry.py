@@ -13,9 +13,11 @@ log = logging.getLogger("pipeline")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Readable timestamped logs on stderr; TensorFlow C++ info and warning logs are turned off."""
+    """Readable timestamped logs on stderr; TensorFlow C++ info and warning logs and Dask's own info lines (about
+    30 a cluster run, and harmless shutdown noise) are turned off."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
 
 
 def run(main: Callable[[], object]) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from tqdm import tqdm
 from pipeline import __version__, accelerate
 from pipeline.atomic import atomic_file
 from pipeline.backbone import Backbone, load_backbone
-from pipeline.config import PIXELS, ExtractConfig, config_hash
+from pipeline.config import PIXELS, PLACEMENT, ExtractConfig, config_hash
 from pipeline.dataset import Manifest, read_images
 from pipeline.images import iter_batches
 from pipeline.store import FeatureWriter
@@ -116,7 +117,7 @@ def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, co
         "batch_size": compute.batch_size,
         "compression": config.compression or "none",
         "on_error": config.on_error,
-        "extract_config": config.to_params(),
+        "extract_config": {key: value for key, value in config.to_params().items() if key not in PLACEMENT},
         "class_names": list(manifest.class_names),
         "image_root": str(manifest.root),
         "manifest_sha256": manifest_hash(manifest),
@@ -130,9 +131,17 @@ def skipped_report_path(out: str | Path) -> Path:
     return Path(out).with_suffix(".skipped.csv")
 
 
-def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path) -> Path:
-    """Run the frozen backbone over every image of ``manifest`` in batches and write ``out`` (HDF5), resumably."""
-    compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
+@dataclass(frozen=True)
+class FeatureModel:
+    """A loaded backbone, its one-pass multi-layer model, and the datasets it fills: name -> (row shape, dtype)."""
+
+    backbone: Backbone
+    model: object
+    layers: dict[str, tuple[tuple[int, ...], str]]
+
+
+def load_feature_model(config: ExtractConfig, compute: accelerate.Compute) -> FeatureModel:
+    """Load the backbone and build the model with an output per ``config`` layer, under ``compute``'s precision."""
     with accelerate.precision(compute.mixed_precision):
         backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
         model = backbone.feature_model(config.layer_names)
@@ -144,33 +153,46 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
     }
     if config.pixels is not None:
         layers[PIXELS] = ((config.pixels, config.pixels, 3), "float32")
-    attrs = provenance(config, backbone, manifest, compute)
-    log.info(
-        "extracting %s from %s at %s for %d images: %s",
-        config.layer_names, backbone.name, backbone.input_size, len(manifest),
-        {name: shape for name, (shape, _) in layers.items()},
-    )
+    return FeatureModel(backbone, model, layers)
+
+
+def resume_key(config_hash: str, manifest_sha256: str) -> str:
+    """What a partial features file must have been started with to be continued: the same config and images."""
+    return f"{config_hash}:{manifest_sha256}"
+
+
+def write_features(
+    features: FeatureModel, config: ExtractConfig, compute: accelerate.Compute, manifest: Manifest, out: str | Path,
+    show_progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Run ``features`` over every image of ``manifest`` in batches into ``out`` (HDF5), resumably; return the
+    (path, reason) of every image that could not be decoded."""
+    attrs = provenance(config, features.backbone, manifest, compute)
     paths = [manifest.absolute(i) for i in range(len(manifest))]
     with FeatureWriter(
-        out, capacity=len(manifest), layers=layers, attrs=attrs, compression=config.compression,
-        resume_key=f"{attrs['config_hash']}:{attrs['manifest_sha256']}",
-    ) as writer, tqdm(total=len(manifest), initial=writer.position, unit="img", desc="extract") as progress:
+        out, capacity=len(manifest), layers=features.layers, attrs=attrs, compression=config.compression,
+        resume_key=resume_key(attrs["config_hash"], attrs["manifest_sha256"]),
+    ) as writer, tqdm(
+        total=len(manifest), initial=writer.position, unit="img", desc="extract", disable=not show_progress
+    ) as progress:
         started, resumed_at = time.perf_counter(), writer.position
         batches = iter_batches(
-            paths, backbone.input_size, config.interpolation, compute.batch_size,
+            paths, features.backbone.input_size, config.interpolation, compute.batch_size,
             on_error=config.on_error, start=writer.position,
         )
         for batch in batches:
             rows = batch.indices
-            outputs = batch_features(model, backbone, batch.images, compute.batch_size) if len(rows) else []
-            features = {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)}
+            outputs = []
+            if len(rows):
+                outputs = batch_features(features.model, features.backbone, batch.images, compute.batch_size)
+            values = {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)}
             if config.pixels is not None and len(rows):
-                features[PIXELS] = downscale(batch.images, config.pixels)
+                values[PIXELS] = downscale(batch.images, config.pixels)
             for position, message in batch.errors:
                 log.warning("skipped %s", message)
             writer.write(
                 batch.stop,
-                features,
+                values,
                 [manifest.paths[i] for i in rows],
                 manifest.labels[rows],
                 [manifest.splits[i] for i in rows],
@@ -181,7 +203,26 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
         done = len(manifest) - resumed_at
         log.info("extracted %d images in %.1f s (%.1f img/s)", done, elapsed, done / max(elapsed, 1e-9))
         skipped = writer.skipped()
-        write_skipped_report(skipped_report_path(out), skipped)
+    return skipped
+
+
+def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path) -> Path:
+    """Run the frozen backbone over every image of ``manifest`` and write ``out`` (HDF5), resumably: in this
+    process, or in shards on ``config.cluster`` merged into the same file."""
+    compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
+    features = load_feature_model(config, compute)
+    log.info(
+        "extracting %s from %s at %s for %d images: %s",
+        config.layer_names, features.backbone.name, features.backbone.input_size, len(manifest),
+        {name: shape for name, (shape, _) in features.layers.items()},
+    )
+    if config.cluster is None:
+        skipped = write_features(features, config, compute, manifest, out)
+    else:
+        from pipeline.shards import extract_on_cluster  # imports dask only when a cluster is configured
+
+        skipped = extract_on_cluster(features, config, compute, manifest, out)
+    write_skipped_report(skipped_report_path(out), skipped)
     if skipped:
         log.warning("%d of %d images could not be decoded; see %s", len(skipped), len(manifest), skipped_report_path(out))
     return Path(out)

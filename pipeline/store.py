@@ -118,14 +118,18 @@ class FeatureWriter:
 
     def write(
         self,
-        position: int,
+        position: int | None,
         features: Mapping[str, np.ndarray],
         paths: Sequence[str],
         labels: np.ndarray,
         splits: Sequence[str],
         skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Append one batch of rows, record skipped files, then mark ``position`` images as done, durably."""
+        """Append one batch of rows, record skipped files, then mark ``position`` images as done, durably.
+
+        ``position`` None appends without marking: the rows count once a later write marks a position (a resumed
+        writer overwrites them), so a batch can be written in pieces; pass its ``skipped`` with the marking write.
+        """
         f, start, stop = self.file, self.rows, self.rows + len(paths)
         if len(paths):
             for name, values in features.items():
@@ -140,9 +144,11 @@ class FeatureWriter:
                 dataset = f["skipped"][name]
                 dataset.resize((done + len(skipped),))
                 dataset[done:] = np.asarray(column, dtype=object)
-        f["progress"][:] = (position, stop)
-        f.flush()
-        self.position, self.rows = position, stop
+        self.rows = stop
+        if position is not None:
+            f["progress"][:] = (position, stop)
+            f.flush()
+            self.position = position
 
     def skipped(self) -> list[tuple[str, str]]:
         """(path, reason) of every file skipped so far, including before a resume."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -80,6 +81,23 @@ def format_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
+
+
+# Where parallel work runs (pipeline.cluster): a LocalCluster of N processes, or a running scheduler's address.
+LOCAL_CLUSTER = re.compile(r"local:([1-9][0-9]*)")
+SCHEDULER_ADDRESS = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):[0-9]{1,5}")
+
+
+def check_cluster(name: str, cluster: Any) -> str | None:
+    """Return ``cluster`` if it is None, ``local:N`` (N >= 1) or a scheduler address ``tcp://host:port``."""
+    if cluster is None or (
+        isinstance(cluster, str) and (LOCAL_CLUSTER.fullmatch(cluster) or SCHEDULER_ADDRESS.fullmatch(cluster))
+    ):
+        return cluster
+    raise ConfigError(
+        f"{name} must be null, 'local:N' (N >= 1 worker processes) or a scheduler address 'tcp://host:port'. "
+        f"Received: {name}={cluster!r}"
+    )
 
 
 def did_you_mean(word: str, candidates: Collection[str]) -> str:

@@ -2,7 +2,7 @@
 
 import argparse
 
-from pipeline.config import ClassifierConfig, TrainConfig, load_params, section
+from pipeline.config import ClassifierConfig, ExtractConfig, TrainConfig, load_params, section
 from pipeline.entry import run
 from pipeline.train import train_classifier
 
@@ -17,8 +17,9 @@ def main() -> None:
     params = load_params()
     config = ClassifierConfig.from_params(section(params, "classifiers"), args.classifier, args.layer)
     train = TrainConfig.from_params(section(params, "train"))
+    cluster = ExtractConfig.from_params(section(params, "extract")).cluster  # searches use the configured cluster
     train_classifier(
-        args.features, config, args.out, cluster=train.cluster,
+        args.features, config, args.out, cluster=cluster,
         memory_budget=train.memory_budget, chunk_size=train.chunk_size,
     )
 

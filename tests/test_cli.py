@@ -63,6 +63,18 @@ def test_flags_override_params_yaml(tmp_path):
     assert kept.layers[0].pooling == "none" and kept.layers[0].dtype == "float16"
 
 
+def test_cluster_flags_override_params_yaml(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"extract": {"layers": ["conv_pw_7_relu"], "cluster": "local:4", "shard_size": 512}}))
+    from_file = extract_config(parse("--params", str(params)))
+    assert (from_file.cluster, from_file.shard_size) == ("local:4", 512)
+    config = extract_config(parse("--params", str(params), "--cluster", "tcp://127.0.0.1:8786", "--shard-size", "64"))
+    assert (config.cluster, config.shard_size) == ("tcp://127.0.0.1:8786", 64)
+    assert extract_config(parse("--params", str(params), "--cluster", "null")).cluster is None
+    with pytest.raises(ConfigError, match=re.escape("extract.shard_size must be an integer >= 1. Received: extract.shard_size=0")):
+        extract_config(parse("--params", str(params), "--shard-size", "0"))
+
+
 def test_without_params_file_layers_are_required(tmp_path):
     with pytest.raises(ConfigError, match=r"extract is missing required key\(s\) \['layers'\]"):
         extract_config(parse("--params", str(tmp_path / "absent.yaml")))

@@ -188,8 +188,8 @@ def test_extract_section_pooling_default_is_checked_for_each_layer():
 
 def test_extract_unknown_key_lists_the_allowed_keys():
     allowed = (
-        "['backbone', 'batch_size', 'compression', 'dtype', 'input_size', 'interpolation', 'layers', "
-        "'mixed_precision', 'on_error', 'pixels', 'pooling', 'preprocessing', 'split', 'weights', 'xla']"
+        "['backbone', 'batch_size', 'cluster', 'compression', 'dtype', 'input_size', 'interpolation', 'layers', "
+        "'mixed_precision', 'on_error', 'pixels', 'pooling', 'preprocessing', 'shard_size', 'split', 'weights', 'xla']"
     )
     with pytest.raises(ConfigError) as error:
         ExtractConfig.from_params(extract(batchsize=8))
@@ -217,6 +217,10 @@ def test_extract_input_size_list_becomes_a_tuple_and_null_is_allowed():
         ({"batch_size": 0}, "extract.batch_size must be an integer >= 1. Received: extract.batch_size=0"),
         ({"backbone": ""}, "extract.backbone must be a model name or a .keras path. Received: ''"),
         ({"weights": ""}, "extract.weights must be 'imagenet', null or a weights file path. Received: ''"),
+        ({"shard_size": 0}, "extract.shard_size must be an integer >= 1. Received: extract.shard_size=0"),
+        ({"cluster": "local:0"}, "extract.cluster must be null, 'local:N' (N >= 1 worker processes) or a scheduler address 'tcp://host:port'. Received: extract.cluster='local:0'"),
+        ({"cluster": "tcp://scheduler"}, "extract.cluster must be null, 'local:N' (N >= 1 worker processes) or a scheduler address 'tcp://host:port'. Received: extract.cluster='tcp://scheduler'"),
+        ({"cluster": 2}, "Received: extract.cluster=2"),
     ],
 )
 def test_extract_bad_values_are_refused(overrides, message):
@@ -245,6 +249,18 @@ def test_config_hash_ignores_batch_size_but_not_what_changes_features():
     assert config_hash(base.feature_identity()) == config_hash(same.feature_identity())
     for changed in [extract(pooling="max"), extract(dtype="float16"), extract(interpolation="nearest"), extract(weights=None), extract(input_size=[64, 64])]:
         assert config_hash(ExtractConfig.from_params(changed).feature_identity()) != config_hash(base.feature_identity())
+
+
+def test_where_extraction_runs_is_read_but_not_hashed():
+    config = ExtractConfig.from_params(extract(cluster="local:2", shard_size=64))
+    assert (config.cluster, config.shard_size) == ("local:2", 64)
+    assert ExtractConfig.from_params(extract(cluster="tcp://10.0.0.5:8786")).cluster == "tcp://10.0.0.5:8786"
+    assert ExtractConfig.from_params(extract(cluster="tcp://[::1]:8786")).cluster == "tcp://[::1]:8786"
+    default = ExtractConfig.from_params(extract())
+    assert (default.cluster, default.shard_size) == (None, 1024)
+    assert not {"cluster", "shard_size"} & set(config.feature_identity())
+    assert config_hash(config.feature_identity()) == config_hash(default.feature_identity())
+    assert ExtractConfig.from_params(config.to_params()) == config
 
 
 def test_config_hash_is_stable_and_independent_of_key_order():
@@ -380,7 +396,7 @@ def test_search_section_is_validated(search, message):
 
 def test_train_config_reads_layers_and_sizes():
     config = TrainConfig.from_params({"layers": ["pixels", "a+b"], "memory_budget": "1GiB", "chunk_size": "16MiB"})
-    assert config == TrainConfig(layers=("pixels", "a+b"), memory_budget=2**30, chunk_size=16 * 2**20, cluster=None)
+    assert config == TrainConfig(layers=("pixels", "a+b"), memory_budget=2**30, chunk_size=16 * 2**20)
     assert TrainConfig.from_params({"layers": ["a"]}).memory_budget == 2 << 30
 
 
@@ -394,7 +410,7 @@ def test_train_config_reads_layers_and_sizes():
         ({"layers": ["a", "a"]}, "train.layers must not repeat an entry. Received: layers=['a', 'a']"),
         ({"layers": ["a"], "memory_budget": "lots"}, "train.memory_budget must be a number of bytes or a size like '512MiB'"),
         ({"layers": ["a"], "memory_budget": "1MiB", "chunk_size": "512KiB"}, "train.chunk_size must be at most train.memory_budget / 4"),
-        ({"layers": ["a"], "cluster": 4}, "train.cluster must be null, 'local:N' or 'tcp://host:port'. Received: cluster=4"),
+        ({"layers": ["a"], "cluster": "local:2"}, "unknown key train.cluster"),
         ({"layers": ["a"], "budget": 1}, "unknown key train.budget"),
     ],
 )

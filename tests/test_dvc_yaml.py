@@ -1,5 +1,6 @@
 """Tests for dvc.yaml: every pipeline module a stage runs is one of its deps, so DVC never serves stale outputs."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,13 @@ def test_stage_deps_cover_the_modules_it_imports(stage):
     missing = imported_pipeline_modules(script) - set(spec["deps"]) - NEUTRAL
     assert not missing, f"dvc.yaml stage {stage} runs {sorted(missing)} without listing them in deps"
     assert script in spec["deps"]
+
+
+def test_extract_depends_on_every_extract_key_but_where_it_runs():
+    from pipeline.config import PLACEMENT, ExtractConfig
+
+    keys = {field.name for field in dataclasses.fields(ExtractConfig)} | {"pooling", "dtype"}  # section defaults
+    declared = {name.removeprefix("extract.") for name in STAGES["extract"]["params"]}
+    assert declared == keys - set(PLACEMENT)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["extract"]
+    assert declared | set(PLACEMENT) == set(params), "params.yaml's extract section names every key DVC tracks"

@@ -163,6 +163,23 @@ def test_a_new_writer_with_the_same_key_resumes_after_the_last_batch(tmp_path):
         assert f["paths"].asstr()[()].tolist() == PATHS
 
 
+def test_rows_written_without_a_position_count_only_once_a_later_write_marks_one(tmp_path):
+    path = tmp_path / "features.h5"
+    with pytest.raises(RuntimeError):
+        with writer(path) as w:
+            write_batch(w, 0, 2)
+            w.write(None, {"pooled": POOLED[2:4], "maps": MAPS[2:4]}, PATHS[2:4], LABELS[2:4], SPLITS[2:4])
+            assert (w.position, w.rows) == (2, 4)
+            raise RuntimeError("killed before the piece was marked")
+    with writer(path) as w:
+        assert (w.position, w.rows) == (2, 2)  # the unmarked piece is written again
+        w.write(None, {"pooled": POOLED[2:3], "maps": MAPS[2:3]}, PATHS[2:3], LABELS[2:3], SPLITS[2:3])
+        write_batch(w, 3, 5)
+    with h5py.File(path, "r") as f:
+        assert f["paths"].asstr()[()].tolist() == PATHS and f["progress"][()].tolist() == [5, 5]
+        np.testing.assert_array_equal(f["features/pooled"][()], POOLED)
+
+
 def test_a_different_key_discards_the_partial_work(tmp_path, caplog):
     path = tmp_path / "features.h5"
     with pytest.raises(RuntimeError):

@@ -9,6 +9,7 @@ import pytest
 from pipeline.validation import (
     ConfigError,
     check_bytes,
+    check_cluster,
     check_fraction,
     check_int,
     check_keys,
@@ -119,3 +120,15 @@ def test_check_bytes_names_the_parameter_and_the_value(value):
 @pytest.mark.parametrize(("n", "text"), [(500, "500 B"), (1536, "1.5 KiB"), (1572864, "1.5 MiB"), (3 * 2**30, "3.0 GiB")])
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+@pytest.mark.parametrize("cluster", [None, "local:1", "local:16", "tcp://127.0.0.1:8786", "tcp://scheduler.example:8786", "tcp://[::1]:8786"])
+def test_check_cluster_accepts_none_local_n_and_scheduler_addresses(cluster):
+    assert check_cluster("extract.cluster", cluster) == cluster
+
+
+@pytest.mark.parametrize("cluster", ["local:0", "local", "dask://x:1", "tcp://host", 4])
+def test_check_cluster_names_the_allowed_forms(cluster):
+    with pytest.raises(ConfigError, match=r"extract\.cluster must be null, 'local:N' \(N >= 1 worker processes\) or a "
+                                          r"scheduler address 'tcp://host:port'\. Received: extract\.cluster="):
+        check_cluster("extract.cluster", cluster)

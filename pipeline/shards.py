@@ -1,0 +1,227 @@
+"""Extraction on a Dask cluster: contiguous shards of the manifest, one file each, merged into one features file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from dask.base import tokenize
+from distributed import Client, as_completed
+from tqdm import tqdm
+
+from pipeline import accelerate
+from pipeline.cluster import dask_client
+from pipeline.config import ExtractConfig
+from pipeline.dataset import Manifest
+from pipeline.extract import FeatureModel, load_feature_model, manifest_hash, provenance, resume_key, write_features
+from pipeline.store import FeatureWriter
+from pipeline.validation import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+MERGE_PIECE_BYTES = 64 << 20  # a shard is copied into the features file this many bytes of rows at a time
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of the manifest, extracted into their own features file ``path``."""
+
+    index: int
+    start: int
+    stop: int
+    manifest: Manifest  # the shard's rows, its root made absolute so that a worker elsewhere finds the same files
+    path: Path
+    config_hash: str
+    key: str  # the resume key: the config hash and the hash of this shard's rows
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    """What a Dask task did with one shard."""
+
+    index: int
+    extracted: bool  # False: a complete shard file of an earlier run was reused, or the shard failed
+    loaded: bool  # this task loaded the feature model (its worker process had not yet)
+    worker: int  # the worker's process id
+    error: UserError | None = None  # e.g. an undecodable image under on_error: fail
+
+
+def shard_folder(out: str | Path) -> Path:
+    """The hidden folder beside ``out`` holding its shard files until they are merged (not a DVC output, so it
+    survives DVC removing the outputs before a run)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.shards")
+
+
+def plan_shards(manifest: Manifest, shard_size: int, batch_size: int, folder: Path, config_hash: str) -> list[Shard]:
+    """``manifest`` cut into contiguous shards (the last one shorter), their files in ``folder``.
+
+    ``shard_size`` is rounded up to a multiple of ``batch_size``, so that every batch holds the images it holds in
+    a single process: the same batches give bit-identical features (another grouping may change the last bits).
+    """
+    if shard_size % batch_size:
+        rounded = -(-shard_size // batch_size) * batch_size
+        log.info("shard size %d rounded up to %d, a multiple of the batch size %d", shard_size, rounded, batch_size)
+        shard_size = rounded
+    root, folder = Path(manifest.root).absolute(), Path(folder).absolute()
+    shards = []
+    for index, start in enumerate(range(0, len(manifest), shard_size)):
+        stop = min(start + shard_size, len(manifest))
+        rows = Manifest(
+            root, manifest.paths[start:stop], manifest.labels[start:stop], manifest.splits[start:stop],
+            manifest.class_names,
+        )
+        key = resume_key(config_hash, manifest_hash(rows))
+        shards.append(Shard(index, start, stop, rows, folder / f"shard-{index:05d}.h5", config_hash, key))
+    log.info("%d images in %d shards of up to %d, their files in %s", len(manifest), len(shards), shard_size, folder)
+    return shards
+
+
+# In each worker process: the feature model of the config hash in use, loaded by the first shard that needs it.
+_MODELS: dict[str, FeatureModel] = {}
+_LOADING = threading.Lock()
+
+
+def _feature_model(config: ExtractConfig, compute: accelerate.Compute, config_hash: str) -> tuple[FeatureModel, bool]:
+    """This process's feature model for ``config_hash`` (one at a time), and whether this call loaded it."""
+    with _LOADING:
+        if config_hash in _MODELS:
+            return _MODELS[config_hash], False
+        _MODELS.clear()
+        _MODELS[config_hash] = load_feature_model(config, compute)
+        return _MODELS[config_hash], True
+
+
+def is_extracted(shard: Shard) -> bool:
+    """Whether ``shard.path`` holds this shard already (files appear there only complete, by atomic rename)."""
+    if not shard.path.is_file():
+        return False
+    with h5py.File(shard.path, "r") as f:
+        return f.attrs.get("resume_key") == shard.key
+
+
+def extract_shard(shard: Shard, config: ExtractConfig, compute: accelerate.Compute) -> ShardRun:
+    """The Dask task: extract ``shard`` into its file with single-process extraction's own loop, unless it is
+    there already. A partial file of a killed attempt is continued (same key) by the FeatureWriter."""
+    if is_extracted(shard):
+        return ShardRun(shard.index, extracted=False, loaded=False, worker=os.getpid())
+    loaded = False
+    try:
+        features, loaded = _feature_model(config, compute, shard.config_hash)
+        write_features(features, config, compute, shard.manifest, shard.path, show_progress=False)
+    except UserError as error:  # returned, not raised: the client reports it in one line, without a Dask traceback
+        return ShardRun(shard.index, extracted=False, loaded=loaded, worker=os.getpid(), error=error)
+    return ShardRun(shard.index, extracted=True, loaded=loaded, worker=os.getpid())
+
+
+def run_shards(
+    client: Client, shards: list[Shard], config: ExtractConfig, compute: accelerate.Compute
+) -> list[ShardRun]:
+    """Run ``extract_shard`` for every shard on the cluster, a progress bar over images advancing per shard.
+
+    A worker that dies mid-shard has its shard run again by Dask. A user error in a shard (an undecodable image
+    under ``on_error: fail``) cancels the shards after it, and the error of the first failing shard in manifest
+    order is raised: the one a single process would have stopped at.
+    """
+    futures = {}
+    for shard in shards:
+        key = f"extract-shard-{shard.index:05d}-{tokenize(shard, config, compute)}"
+        futures[client.submit(extract_shard, shard, config, compute, key=key)] = shard
+    runs, errors = [], {}
+    total = sum(len(shard) for shard in shards)
+    with tqdm(total=total, unit="img", desc=f"extract ({len(shards)} shards)") as progress:
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            run = future.result()  # raises what is not a user error (a bug; a shard that killed its workers)
+            if run.error is None:
+                runs.append(run)
+                progress.update(len(futures[future]))
+                continue
+            errors[run.index] = run.error
+            client.cancel([later for later, shard in futures.items() if shard.index > min(errors)])
+    if errors:
+        raise errors[min(errors)]
+    return runs
+
+
+def merge_shards(
+    shards: list[Shard], out: str | Path, attrs: dict, layers: dict[str, tuple[tuple[int, ...], str]],
+    compression: str | None,
+) -> list[tuple[str, str]]:
+    """Copy the shards' rows and skipped files, in order, into ``out`` through a FeatureWriter with ``attrs``:
+    the file single-process extraction writes. Returns the skipped (path, reason) of all shards.
+
+    Streams about ``MERGE_PIECE_BYTES`` at a time and marks progress at the end of each shard, so an interrupted
+    merge, or an interrupted single-process run (the same resume key), is continued where it stopped.
+    """
+    row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layers.values())
+    piece = max(1, MERGE_PIECE_BYTES // max(row_bytes, 1))
+    with FeatureWriter(
+        out, capacity=sum(len(shard) for shard in shards), layers=layers, attrs=attrs, compression=compression,
+        resume_key=resume_key(attrs["config_hash"], attrs["manifest_sha256"]),
+    ) as writer:
+        merged = 0  # rows of the shards before this one
+        for shard in shards:
+            with h5py.File(shard.path, "r") as f:
+                if f.attrs["resume_key"] != shard.key:
+                    raise ConfigError(
+                        f"shard {shard.path} was extracted with config hash {f.attrs['resume_key'].split(':')[0]}, "
+                        f"not {shard.config_hash} as here: do the workers load the same backbone and weights?"
+                    )
+                rows = int(f.attrs["n_rows"])
+                if writer.position < shard.stop:
+                    first = writer.rows - merged  # the shard's rows already in the file (a continued merge)
+                    skipped = list(zip(f["skipped/path"].asstr()[()], f["skipped/reason"].asstr()[()]))
+                    skipped = skipped[writer.position - shard.start - first :]  # those before the position are in
+                    for start in range(first, rows, piece) if first < rows else [rows]:
+                        stop = min(start + piece, rows)
+                        writer.write(
+                            shard.stop if stop == rows else None,
+                            {name: f["features"][name][start:stop] for name in layers},
+                            f["paths"].asstr()[start:stop],
+                            f["labels"][start:stop],
+                            f["split"].asstr()[start:stop],
+                            skipped=skipped if stop == rows else (),
+                        )
+                merged += rows
+        return writer.skipped()
+
+
+def extract_on_cluster(
+    features: FeatureModel, config: ExtractConfig, compute: accelerate.Compute, manifest: Manifest, out: str | Path
+) -> list[tuple[str, str]]:
+    """Extract ``manifest`` on ``config.cluster`` in shards of ``config.shard_size`` images, then merge them into
+    ``out``; return the skipped (path, reason) files.
+
+    The provenance is computed here, as single-process extraction computes it, so the file is the same. Shard files
+    stay in ``shard_folder(out)`` until merged: after a failure, or a cluster that died, the same command extracts
+    only the shards that are missing. Workers run ``compute`` as resolved here and must see the same paths.
+    """
+    attrs = provenance(config, features.backbone, manifest, compute)
+    folder = shard_folder(out)
+    shards = plan_shards(manifest, config.shard_size, compute.batch_size, folder, attrs["config_hash"])
+    with dask_client(config.cluster) as client:
+        runs = run_shards(client, shards, config, compute)
+    extracted = [run for run in runs if run.extracted]
+    log.info(
+        "%d of %d shards extracted, %d reused from an earlier run; the model was loaded %d times in %d worker "
+        "processes",
+        len(extracted), len(shards), len(runs) - len(extracted), sum(run.loaded for run in runs),
+        len({run.worker for run in extracted}),
+    )
+    started = time.perf_counter()
+    skipped = merge_shards(shards, out, attrs, features.layers, config.compression)
+    log.info("merged %d shards into %s in %.2f s", len(shards), out, time.perf_counter() - started)
+    shutil.rmtree(folder)
+    return skipped
