@@ -16,8 +16,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Readable timestamped logs on stderr; TensorFlow C++ info and warning logs and Dask's own info lines (about
     30 a cluster run, and harmless shutdown noise) are turned off."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # read when dask is imported, here and in workers
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
 
 
 def run(main: Callable[[], object]) -> None:
