@@ -7,6 +7,7 @@ import hashlib
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from pipeline import __version__, accelerate
 from pipeline.atomic import atomic_file
 from pipeline.backbone import Backbone, load_backbone
-from pipeline.config import PIXELS, PLACEMENT, ExtractConfig, config_hash
+from pipeline.config import PIXELS, PLACEMENT, ExtractConfig, LayerSpec, config_hash
 from pipeline.dataset import Manifest, read_images
 from pipeline.images import iter_batches
 from pipeline.store import FeatureWriter
@@ -60,6 +61,18 @@ def run_batch(model, batch: np.ndarray, batch_size: int) -> list[np.ndarray]:
 def batch_features(model, backbone: Backbone, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """The backbone's preprocess_input on decoded uint8 images, then one forward pass (outputs per layer)."""
     return run_batch(model, backbone.preprocess(images.astype(np.float32)), batch_size)
+
+
+def stored_values(
+    model, backbone: Backbone, specs: Sequence[LayerSpec], images: np.ndarray, batch_size: int, pixels: int | None
+) -> dict[str, np.ndarray]:
+    """What a features file stores for decoded uint8 ``images``, per spec name: the layer's pooled output, or the
+    raw-pixel downscale. ``model`` has one output per spec other than ``pixels``, in order (None if there is none)."""
+    outputs = iter(batch_features(model, backbone, images, batch_size) if model is not None else ())
+    return {
+        spec.name: downscale(images, pixels) if spec.name == PIXELS else pool(next(outputs), spec.pooling)
+        for spec in specs
+    }
 
 
 def library_versions() -> dict[str, str]:
@@ -182,12 +195,12 @@ def write_features(
         )
         for batch in batches:
             rows = batch.indices
-            outputs = []
+            values = {}
             if len(rows):
-                outputs = batch_features(features.model, features.backbone, batch.images, compute.batch_size)
-            values = {spec.name: pool(o, spec.pooling) for spec, o in zip(config.layers, outputs)}
-            if config.pixels is not None and len(rows):
-                values[PIXELS] = downscale(batch.images, config.pixels)
+                values = stored_values(
+                    features.model, features.backbone, config.stored_layers, batch.images, compute.batch_size,
+                    config.pixels,
+                )
             for position, message in batch.errors:
                 log.warning("skipped %s", message)
             writer.write(

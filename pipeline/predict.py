@@ -16,7 +16,7 @@ from pipeline.atomic import atomic_file
 from pipeline.backbone import Backbone, load_backbone
 from pipeline.config import PIXELS, ExtractConfig, LayerSpec, config_hash
 from pipeline.dataset import IMAGE_EXTENSIONS, image_files
-from pipeline.extract import batch_features, downscale, feature_identity, pool, pooled_shape
+from pipeline.extract import feature_identity, pooled_shape, stored_values
 from pipeline.images import iter_batches
 from pipeline.models import load_model
 from pipeline.validation import ConfigError, check_int
@@ -72,12 +72,12 @@ class Predictor:
     def features(self, images: np.ndarray) -> np.ndarray:
         """Flat features of decoded uint8 images: the extract stage's preprocess, forward pass, pooling and dtype
         (and its downscale for the raw-pixel baseline)."""
-        outputs = iter(batch_features(self.feature_model, self.backbone, images, self.batch_size) if self.feature_model else ())
-        parts = []
-        for spec in self.specs:
-            values = downscale(images, self.config.pixels) if spec.name == PIXELS else pool(next(outputs), spec.pooling)
-            parts.append(values.astype(spec.dtype, copy=False).reshape(len(values), -1))
-        return np.hstack(parts)
+        values = stored_values(
+            self.feature_model, self.backbone, self.specs, images, self.batch_size, self.config.pixels
+        )
+        return np.hstack(
+            [values[spec.name].astype(spec.dtype, copy=False).reshape(len(images), -1) for spec in self.specs]
+        )
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """``(n, n_classes)`` probabilities, or decision scores when the estimator has no ``predict_proba``."""
