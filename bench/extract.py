@@ -1,4 +1,5 @@
-"""Benchmark extraction: pipeline speed vs compute-only, peak RSS vs image count, and the seed articles' approaches."""
+"""Benchmark extraction: pipeline speed vs compute-only, peak RSS vs image count, the seed articles' approaches, and
+an incremental re-run (1% new images) against a full re-run."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import logging
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +42,26 @@ METHODS = {
 }
 CLUSTER = "local:2"
 SHARDS = 8
+ADDED_FRACTION = 0.01  # new images added to the largest set for the incremental part
+INCREMENTAL_TARGET = 5.0  # % of a full re-run's wall time the incremental re-run may take beyond its fixed overhead
+STEPS = {  # the incremental part, in the order run; the first three write the same output path, reuse on
+    "first": "first extraction (reuse on)",
+    "added": f"incremental re-run: +{ADDED_FRACTION:.0%} new images (output deleted)",
+    "unchanged": "re-run, no new images (output deleted): the fixed overhead",
+    "full": "full re-run (reuse off, fresh output): the baseline",
+}
+LABELS = {**METHODS, **STEPS}
+METHOD_KEYS = ("images_per_s", "cpu_ms_per_image", "peak_rss_mib")  # medians over --repeats
+STEP_KEYS = ("seconds", "cpu_seconds", "load_s", "hash_s", "rows_s", "rest_s", "peak_rss_mib")
+PARTS = ("methods", "incremental")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=positive, nargs="+", default=[1000, 10000], help="image counts to run")
+    parser.add_argument(
+        "--only", choices=PARTS, help="run one part: the methods table, or the incremental re-run on the largest size"
+    )
     parser.add_argument("--input-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
     parser.add_argument("--batch-size", type=positive, default=64)
     parser.add_argument("--backbone", default="mobilenet")
@@ -51,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bottleneck-bench")
     parser.add_argument("--repeats", type=positive, default=1, help="runs per measurement; the medians are reported")
     parser.add_argument("--json", type=Path, help="write every result here")
-    parser.add_argument("--measure", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=sorted(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -74,8 +92,8 @@ def since(start: tuple[float, float]) -> dict:
     return {"seconds": wall - start[0], "cpu_seconds": cpu - start[1]}
 
 
-def image_dir(workdir: Path, n: int) -> Path:
-    return workdir / f"images-{n}"
+def image_dir(workdir: Path, n: int, first: int = 0) -> Path:
+    return workdir / (f"images-{n}" if first == 0 else f"images-{n}-from-{first}")
 
 
 def synthetic_image(rng: np.random.Generator) -> Image.Image:
@@ -102,19 +120,43 @@ def synthetic_image(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
-def ensure_images(workdir: Path, n: int) -> Path:
-    """``n`` seeded JPEGs in a flat folder of ``workdir``, generated once and reused (a marker file says done)."""
-    folder = image_dir(workdir, n)
-    marker = folder / ".complete"
-    if marker.is_file() and marker.read_text() == f"{n} {SEED}":
+def ensure_images(workdir: Path, n: int, first: int = 0) -> Path:
+    """``n`` seeded JPEGs, images ``first`` to ``first + n - 1``, in a flat folder of ``workdir``, generated once and
+    reused (a marker file says done). Each image has its own seed, so folders with other ``first`` share none."""
+    folder = image_dir(workdir, n, first)
+    marker, done = folder / ".complete", f"{n} {SEED}" + (f" from {first}" if first else "")
+    if marker.is_file() and marker.read_text() == done:
         log.info("reusing %d images in %s", n, folder)
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     log.info("generating %d %dx%d JPEGs (quality %d) in %s", n, *IMAGE_SIZE, JPEG_QUALITY, folder)
-    for i in range(n):
+    for i in range(first, first + n):
         synthetic_image(np.random.default_rng([SEED, i])).save(folder / f"img_{i:06d}.jpg", quality=JPEG_QUALITY)
-    marker.write_text(f"{n} {SEED}")
+    marker.write_text(done)
     return folder
+
+
+def link_images(source: Path, folder: Path) -> None:
+    """Hard-link (else copy) the images of ``source`` into ``folder``: the same bytes, so the same content hashes."""
+    for path in source.glob("*.jpg"):
+        try:
+            os.link(path, folder / path.name)
+        except OSError:
+            shutil.copyfile(path, folder / path.name)
+
+
+def fresh_output(out: Path) -> None:
+    """Delete ``out`` and the earlier outputs kept beside it for reuse, so that a run computes every image."""
+    from pipeline.reuse import reuse_folder
+
+    out.unlink(missing_ok=True)
+    shutil.rmtree(reuse_folder(out), ignore_errors=True)
+
+
+def incremental_paths(workdir: Path) -> tuple[Path, Path, Path]:
+    """The incremental part's image folder (grows by the new images), its output, and the full re-run's output."""
+    root = workdir / "incremental"
+    return root / "images", root / "features.h5", root / "features-full.h5"
 
 
 def image_paths(folder: Path) -> list[Path]:
@@ -160,27 +202,38 @@ def measure_compute(config: ExtractConfig, folder: Path, n: int) -> dict:
 
 
 def measure_pipeline(config: ExtractConfig, folder: Path, n: int) -> dict:
-    """The whole stage, files to a complete HDF5 file, exactly as DVC runs it (model load included)."""
+    """The whole stage, files to a complete HDF5 file, exactly as DVC runs it the first time (model load and content
+    hashing included; no earlier output to reuse)."""
     from pipeline.extract import run_extraction
 
     out = folder.parent / f"features-{n}.h5"
-    out.unlink(missing_ok=True)
+    fresh_output(out)
     started = clock()
     run_extraction(folder, out, config)
     return {"images": n, **since(started), "output": str(out)}
 
 
-class ShardPhase(logging.Handler):
-    """Notes when pipeline.shards plans the shards and when the last one is done: the span the workers extract."""
+class LogMarks(logging.Handler):
+    """Notes when a log message whose format string contains one of ``texts`` (key -> text) is emitted: the time
+    (``time.time()``) of the last such record, by key."""
 
-    def __init__(self):
+    def __init__(self, texts: dict[str, str]):
         super().__init__()
+        self.texts = texts
         self.times: dict[str, float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        for key, text in (("planned", "images in"), ("extracted", "shards extracted")):
+        for key, text in self.texts.items():
             if text in record.msg:
                 self.times[key] = record.created
+
+
+SHARD_MARKS = {"planned": "images in", "extracted": "shards extracted"}  # pipeline.shards: the workers' span
+EXTRACT_MARKS = {  # pipeline.extract and pipeline.hashing: the end of each phase of one extraction
+    "loaded": "extracting %s from",  # folder listed, model built
+    "hashed": "hashed %d files",  # every image's sha256
+    "written": "images through the model in",  # rows copied from the kept file and new ones computed
+}
 
 
 def measure_cluster(config: ExtractConfig, folder: Path, n: int) -> dict:
@@ -193,8 +246,8 @@ def measure_cluster(config: ExtractConfig, folder: Path, n: int) -> dict:
     shard_size = math.ceil(n / SHARDS)
     config = dataclasses.replace(config, cluster=CLUSTER, shard_size=shard_size)
     out = folder.parent / f"features-cluster-{n}.h5"
-    out.unlink(missing_ok=True)
-    phase = ShardPhase()
+    fresh_output(out)
+    phase = LogMarks(SHARD_MARKS)
     logging.getLogger("pipeline.shards").addHandler(phase)
     started = clock()
     run_extraction(folder, out, config)
@@ -234,9 +287,41 @@ def measure_dataset(config: ExtractConfig, folder: Path, n: int) -> dict:
     return {"images": len(features[0]), **since(started)}
 
 
+def timed_extraction(config: ExtractConfig, images: Path, out: Path) -> dict:
+    """``run_extraction`` as DVC runs it, with the counts it returns and the seconds of each phase: listing the
+    folder and building the model (``load_s``), hashing every file (``hash_s``), copying kept rows and computing the
+    others (``rows_s``), then closing, keeping the output for reuse and the skipped report (``rest_s``)."""
+    from pipeline.extract import run_extraction
+
+    marks = LogMarks(EXTRACT_MARKS)
+    logging.getLogger("pipeline").addHandler(marks)
+    wall_start, started = time.time(), clock()
+    extracted = run_extraction(images, out, config)
+    result = {"images": extracted.computed + extracted.reused, **since(started)}
+    ends = [wall_start, *(marks.times[key] for key in EXTRACT_MARKS), wall_start + result["seconds"]]
+    phases = {f"{key}_s": end - start for key, start, end in zip(("load", "hash", "rows", "rest"), ends, ends[1:])}
+    return {**result, "computed": extracted.computed, "reused": extracted.reused, **phases, "output": str(out)}
+
+
+def measure_reused(config: ExtractConfig, folder: Path, n: int) -> dict:
+    """One run of the incremental part into its output path, reuse on (the parent prepares the folder and output)."""
+    images, out, _ = incremental_paths(folder.parent)
+    return timed_extraction(config, images, out)
+
+
+def measure_full_rerun(config: ExtractConfig, folder: Path, n: int) -> dict:
+    """The incremental part's baseline: the same grown folder, reuse off, into a fresh output path."""
+    import dataclasses
+
+    images, _, out = incremental_paths(folder.parent)
+    fresh_output(out)
+    return timed_extraction(dataclasses.replace(config, reuse=0), images, out)
+
+
 MEASURES = {
     "compute": measure_compute, "pipeline": measure_pipeline, "load_img": measure_load_img, "dataset": measure_dataset,
-    "cluster": measure_cluster,
+    "cluster": measure_cluster, "first": measure_reused, "added": measure_reused, "unchanged": measure_reused,
+    "full": measure_full_rerun,
 }
 
 
@@ -265,7 +350,7 @@ def child_command(args: argparse.Namespace, kind: str, n: int) -> list[str]:
 
 def run_child(args: argparse.Namespace, kind: str, n: int) -> dict:
     """One measurement in a fresh process; its logs pass through on stderr, its last stdout line is the result."""
-    log.info("measuring %s on %d images", METHODS[kind], n)
+    log.info("measuring %s on %d images", LABELS[kind], n)
     proc = subprocess.run(child_command(args, kind, n), stdout=subprocess.PIPE, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -279,15 +364,19 @@ def run_child(args: argparse.Namespace, kind: str, n: int) -> dict:
     return result
 
 
-def run_repeated(args: argparse.Namespace, kind: str, n: int) -> dict:
-    """``--repeats`` runs of one measurement: the median of each figure, as one run's peak RSS and speed are noisy."""
-    runs = [run_child(args, kind, n) for _ in range(args.repeats)]
+def median_of(runs: list[dict], keys: Sequence[str]) -> dict:
+    """One result for repeated runs of a measurement: the first successful run with the median of each of ``keys``
+    (one run's peak RSS and speed are noisy), and every run."""
     done = [r for r in runs if "error" not in r]
     if len(runs) == 1 or not done:
         return runs[0]
-    keys = ("images_per_s", "cpu_ms_per_image", "peak_rss_mib")
     medians = {key: statistics.median(r[key] for r in done) for key in keys}
     return {**done[0], **medians, "runs": runs}
+
+
+def run_repeated(args: argparse.Namespace, kind: str, n: int) -> dict:
+    """``--repeats`` runs of one measurement, as ``median_of``."""
+    return median_of([run_child(args, kind, n) for _ in range(args.repeats)], METHOD_KEYS)
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -359,8 +448,96 @@ def target_lines(summary: dict, sizes: list[int]) -> str:
     )
 
 
-def benchmark(args: argparse.Namespace) -> None:
-    started = time.perf_counter()
+def incremental_run(args: argparse.Namespace, n: int, added: int) -> dict[str, dict]:
+    """One pass of the incremental part, each step in a fresh process: a new folder of the ``n`` base images (hard
+    links) extracted with reuse on; ``added`` new images linked in and the output deleted, as DVC deletes a stage's
+    outputs before it re-runs it (so rows come from the kept file, not the output), then re-run; the output deleted
+    again and re-run with nothing new; then the baseline. Each step's counts are checked against what it must do."""
+    images, out, _ = incremental_paths(args.workdir)
+    shutil.rmtree(images.parent, ignore_errors=True)
+    images.mkdir(parents=True)
+    link_images(image_dir(args.workdir, n), images)
+    expected = {"first": (n, 0), "added": (added, n), "unchanged": (0, n + added), "full": (n + added, 0)}
+    results = {}
+    for step, (computed, reused) in expected.items():
+        if step == "added":
+            link_images(image_dir(args.workdir, added, first=n), images)
+        if step in ("added", "unchanged"):
+            out.unlink(missing_ok=True)
+        result = run_child(args, step, n)
+        if "error" not in result and (result["computed"], result["reused"]) != (computed, reused):
+            result["error"] = (
+                f"expected {computed} computed and {reused} reused, got {result['computed']} and {result['reused']}"
+            )
+            log.error("%s: %s", step, result["error"])
+        results[step] = result
+    return results
+
+
+def incremental_summary(steps: dict[str, dict], n: int, added: int) -> dict:
+    """The incremental re-run, the fixed overhead (the re-run with nothing new) and what the re-run costs beyond
+    it, as seconds and % of the full re-run; the target: beyond the overhead, under ``INCREMENTAL_TARGET`` %."""
+    summary = {"base_images": n, "added_images": added, "share_pct": 100 * added / (n + added)}
+    if any("error" in r for r in steps.values()):
+        return {**summary, "pass": False}
+    full, incremental, overhead = (steps[step]["seconds"] for step in ("full", "added", "unchanged"))
+    cpu = {step: steps[step]["cpu_seconds"] for step in ("full", "added", "unchanged")}
+    beyond = incremental - overhead
+    return {
+        **summary, "full_s": full, "incremental_s": incremental, "incremental_pct": 100 * incremental / full,
+        "overhead_s": overhead, "overhead_pct": 100 * overhead / full,
+        "beyond_overhead_s": beyond, "beyond_overhead_pct": 100 * beyond / full,
+        # the same shares in CPU time, which barely moves when other processes share the cores, unlike wall time
+        "incremental_cpu_pct": 100 * cpu["added"] / cpu["full"],
+        "overhead_cpu_pct": 100 * cpu["unchanged"] / cpu["full"],
+        "beyond_overhead_cpu_pct": 100 * (cpu["added"] - cpu["unchanged"]) / cpu["full"],
+        # the new images at the full re-run's rate in its rows phase; the rest of "beyond" is mostly the first call
+        "new_images_at_full_rate_s": steps["full"]["rows_s"] * added / (n + added),
+        "pass": 100 * beyond / full < INCREMENTAL_TARGET,
+    }
+
+
+def incremental_table(steps: dict[str, dict]) -> str:
+    rows = [
+        "| run | images | computed | reused | seconds | % of full re-run | list + model load s | hash s | rows s | "
+        "rest s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    full = steps["full"].get("seconds")
+    for step, r in steps.items():
+        if "error" in r and "seconds" not in r:
+            rows.append(f"| {STEPS[step]} | | | | failed ({r['error']}) | | | | | |")
+            continue
+        share = f"{100 * r['seconds'] / full:.1f}" if full else ""
+        counts = f"{r['computed']:,} | {r['reused']:,}" + (" (wrong)" if "error" in r else "")
+        rows.append(
+            f"| {STEPS[step]} | {r['images']:,} | {counts} | {r['seconds']:.1f} | {share} | {r['load_s']:.1f} | "
+            f"{r['hash_s']:.1f} | {r['rows_s']:.1f} | {r['rest_s']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def incremental_line(summary: dict) -> str:
+    n, added, s = summary["base_images"], summary["added_images"], summary
+    head = f"incremental: +{added:,} new images ({s['share_pct']:.2f}% of {n + added:,}) to {n:,}"
+    if "full_s" not in summary:
+        return f"{head}: a step failed or did the wrong work (see above): MISS"
+    return "\n  ".join([
+        f"{head}: re-run {s['incremental_s']:.1f} s = {s['incremental_pct']:.1f}% of a full re-run "
+        f"({s['full_s']:.1f} s) (CPU time {s['incremental_cpu_pct']:.1f}%)",
+        f"fixed overhead (re-run with no new images: folder listing, model load, hashing every file, copying every "
+        f"row) {s['overhead_s']:.1f} s = {s['overhead_pct']:.1f}% (CPU time {s['overhead_cpu_pct']:.1f}%)",
+        f"beyond it {s['beyond_overhead_s']:.1f} s = {s['beyond_overhead_pct']:.2f}% (CPU time "
+        f"{s['beyond_overhead_cpu_pct']:.2f}%); the new images' {s['share_pct']:.2f}% share of the full re-run's rows "
+        f"phase is {s['new_images_at_full_rate_s']:.1f} s, the rest is mostly the model's first call",
+        f"target: beyond the fixed overhead < {INCREMENTAL_TARGET:.0f}% of a full re-run: "
+        f"{'PASS' if s['pass'] else 'MISS'}",
+    ])
+
+
+def methods_part(args: argparse.Namespace, report: dict) -> None:
+    """Every method at every size, each in a fresh process, against compute-only; the speed, memory and cluster
+    targets."""
     sizes = sorted(set(args.sizes))
     for n in sizes:
         ensure_images(args.workdir, n)
@@ -368,13 +545,35 @@ def benchmark(args: argparse.Namespace) -> None:
     add_ratios(results)
     summary = targets(results, sizes)
     print(table(results), target_lines(summary, sizes), sep="\n\n", flush=True)
+    report.update(results=results, targets=summary)
+
+
+def incremental_part(args: argparse.Namespace, report: dict) -> None:
+    """``ADDED_FRACTION`` new images added to the largest size: the incremental re-run against a full re-run
+    (``--repeats`` passes of every step, medians reported)."""
+    n = max(args.sizes)
+    added = max(1, round(n * ADDED_FRACTION))
+    ensure_images(args.workdir, n)
+    ensure_images(args.workdir, added, first=n)
+    runs = [incremental_run(args, n, added) for _ in range(args.repeats)]
+    steps = {step: median_of([run[step] for run in runs], STEP_KEYS) for step in STEPS}
+    summary = incremental_summary(steps, n, added)
+    print(incremental_table(steps), incremental_line(summary), sep="\n\n", flush=True)
+    report["incremental"] = {"steps": steps, "targets": summary}
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    report: dict = {}
+    for part, run in (("methods", methods_part), ("incremental", incremental_part)):
+        if args.only in (None, part):
+            run(args, report)
     total = time.perf_counter() - started
     log.info("benchmark finished in %.0f s", total)
     if args.json:
         hidden = ("measure", "n", "json")
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in hidden}
-        report = {"settings": settings, "results": results, "targets": summary, "total_s": total}
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps({"settings": settings, **report, "total_s": total}, indent=2))
 
 
 def main() -> None:

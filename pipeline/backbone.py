@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline import weights as offline
 from pipeline.config import PREPROCESSING_MODES
+from pipeline.hashing import file_sha256
 from pipeline.validation import ConfigError, check_one_of, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,10 @@ def load_keras_file(
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except ValueError as error:  # includes safe_mode refusing a Lambda layer's pickled code
         raise ConfigError(f"cannot load {path} as a Keras model with safe_mode=True: {error}") from error
-    source = f"file {path} (sha256 {offline.file_sha256(path)})"
+    source = f"file {path} (sha256 {file_sha256(path)})"
     if weights is not None:
         model.load_weights(weights)
-        source = f"{source}, weights from file {weights} (sha256 {offline.file_sha256(weights)})"
+        source = f"{source}, weights from file {weights} (sha256 {file_sha256(weights)})"
     native = tuple(model.input_shape[1:3])
     if input_size is not None and tuple(input_size) != native and None not in native:
         raise ConfigError(f"extract.input_size must be null or {list(native)} for {path}. Received: {list(input_size)}")
@@ -216,7 +217,7 @@ def load_backbone(
             model.load_weights(path)
         except Exception as error:
             raise offline.WeightsError(f"weights file {path} does not fit {name} at input size {size}: {error}") from error
-        source = f"file {path} (sha256 {offline.file_sha256(path)})"
+        source = f"file {path} (sha256 {file_sha256(path)})"
 
     model.trainable = False
     module = getattr(keras.applications, arch.module)

@@ -292,9 +292,10 @@ def check_hyper_parameters(section: str, name: str, keys, estimator: BaseEstimat
 
 
 def build_search(estimator: BaseEstimator, config: ClassifierConfig):
-    """GridSearchCV or RandomizedSearchCV over ``config.search.space`` with stratified, seeded folds; refits the best."""
+    """GridSearchCV or RandomizedSearchCV over ``config.search.space`` with stratified, seeded folds (grouped by
+    image when training on augmented views); refits the best."""
     from scipy import stats
-    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedKFold
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedGroupKFold, StratifiedKFold
 
     search = config.search
     prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
@@ -306,7 +307,10 @@ def build_search(estimator: BaseEstimator, config: ClassifierConfig):
             space[prefix + key] = distributions[kind](low, high)
         else:
             space[prefix + key] = list(values)
-    folds = StratifiedKFold(search.cv, shuffle=True, random_state=search.seed)
+    # With augmented views, the views of an image stay in its fold (fit with groups=image): no leak across folds.
+    folds = (StratifiedGroupKFold if config.augmented else StratifiedKFold)(
+        search.cv, shuffle=True, random_state=search.seed
+    )
     common = {"scoring": search.scoring, "cv": folds, "n_jobs": search.n_jobs, "refit": True}
     if search.method == "grid":
         return GridSearchCV(estimator, space, **common)

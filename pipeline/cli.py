@@ -54,6 +54,7 @@ def extract_config(args: argparse.Namespace) -> ExtractConfig:
         "mixed_precision": args.mixed_precision,
         "xla": args.xla,
         "shard_size": args.shard_size,
+        "reuse": args.reuse,
     }
     merged = {**params, **{key: value for key, value in flags.items() if value is not None}}
     for key in ("weights", "cluster"):
@@ -81,6 +82,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         for prediction in predictions:
             print(format_line(prediction))
+
+
+def cmd_reuse(args: argparse.Namespace) -> None:
+    from pipeline.reuse import entries, prune, reuse_folder
+
+    if args.prune is not None:
+        prune(args.features, args.prune)
+    kept = entries(args.features)
+    print(f"{reuse_folder(args.features)}: {len(kept)} config(s) kept for reuse, most recently used first")
+    for entry in kept:
+        cost = "0 B extra (hard link of the output)" if entry["shared_with_output"] else format_bytes(entry["bytes"])
+        print(f"  {entry['config_hash'][:12]}  {entry['backbone']} {','.join(entry['layers'])}  {cost}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None, help="GPU only")
     extract.add_argument("--cluster", help="extract in shards on Dask: local:N processes, tcp://host:port, or null")
     extract.add_argument("--shard-size", type=int, help="images per shard on a cluster (default 1024)")
+    extract.add_argument("--reuse", type=int, help="earlier outputs' configs kept for reuse (default 3; 0: off)")
     extract.set_defaults(func=cmd_extract)
+
+    reuse = commands.add_parser("reuse", help="list or prune the earlier outputs kept for incremental extraction")
+    reuse.add_argument("--features", default="data/features.h5", help="the features file (default: data/features.h5)")
+    reuse.add_argument("--prune", type=int, metavar="KEEP", help="keep only the KEEP most recently used configs")
+    reuse.set_defaults(func=cmd_reuse)
 
     predict = commands.add_parser("predict", help="top-k labels for images from a trained model, end to end")
     predict.add_argument("images", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or folders (recursive)")
-    predict.add_argument("--model", required=True, help="model directory written by training (data/models/<clf>)")
+    predict.add_argument(
+        "--model", required=True,
+        help="model directory written by training (data/models/<clf>/<layer>) or fine-tuning (data/models/finetune/<name>)",
+    )
     predict.add_argument("--top-k", type=int, default=3, help="labels per image, best first (default: 3)")
     predict.add_argument("--csv", help="write path,rank,label,probability|score,error rows here instead of printing")
     predict.add_argument("--batch-size", type=int, help="images per batch (default: the model's extract config)")

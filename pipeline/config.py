@@ -28,10 +28,12 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
 PREPROCESSING_MODES = ("none", "tf", "torch", "caffe")
 COMPRESSIONS = ("gzip", "lzf")
 ON_ERROR = ("skip", "fail")
+FLIPS = ("none", "horizontal", "vertical", "both")
 # The raw-pixel baseline's dataset in a features file: the decoded images, downscaled (extract.pixels).
 PIXELS = "pixels"
-# Where extraction runs and in what pieces: neither changes the file's content, so neither is hashed or recorded.
-PLACEMENT = ("cluster", "shard_size")
+# Where extraction runs, in what pieces, and how many earlier outputs it keeps for reuse: none changes the file's
+# content, so none is hashed or recorded, or a DVC dependency.
+PLACEMENT = ("cluster", "shard_size", "reuse")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -122,12 +124,51 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Seeded augmentation of decoded images (``extract.augment``, ``finetune.<name>.augment``): a random flip,
+    a rotation of up to ``rotation`` degrees either way, and a crop keeping at least ``crop`` of each side, resized
+    back. ``flip`` none | horizontal | vertical | both; ``rotation`` 0 and ``crop`` 1 turn those off."""
+
+    flip: str = "none"
+    rotation: float = 10.0
+    crop: float = 0.9
+    seed: int = 0
+    section: str = field(default="augment", compare=False, repr=False)  # where it was set, for error messages
+
+    def __post_init__(self):
+        check_one_of(f"{self.section}.flip", self.flip, FLIPS)
+        rotation = self.rotation
+        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or not 0 <= rotation <= 180:
+            raise ConfigError(
+                f"{self.section}.rotation must be a number of degrees in [0, 180]. Received: rotation={rotation!r}"
+            )
+        crop = self.crop
+        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+            raise ConfigError(
+                f"{self.section}.crop must be the smallest kept fraction of a side, in (0, 1]. Received: crop={crop!r}"
+            )
+        object.__setattr__(self, "rotation", float(rotation))
+        object.__setattr__(self, "crop", float(crop))
+        check_int(f"{self.section}.seed", self.seed)
+
+    @classmethod
+    def from_params(cls, mapping: Any, section: str = "augment") -> AugmentConfig:
+        keys = [f.name for f in dataclasses.fields(cls) if f.name != "section"]
+        return cls(**check_keys(section, mapping, keys), section=section)
+
+    def to_params(self) -> dict[str, Any]:
+        return {"flip": self.flip, "rotation": self.rotation, "crop": self.crop, "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class ExtractConfig:
     """Everything that decides the features (backbone, weights, input size, resize, layers) and how they are written.
 
     ``cluster``: None extracts in this process; ``local:N`` or ``tcp://host:port`` extracts on a Dask cluster in
     shards of ``shard_size`` images (rounded up to a multiple of the batch size), merged into the same file as one
-    process writes (see ``pipeline.shards``).
+    process writes (see ``pipeline.shards``). ``augment_views`` K stores K seeded augmented views (``augment``) of
+    each train image beside its features. ``reuse`` keeps the outputs of that many most recent configs, so that a
+    later extraction with one of them computes only images it has not seen (see ``pipeline.reuse``; 0: off).
     """
 
     backbone: str = "mobilenet"
@@ -143,8 +184,11 @@ class ExtractConfig:
     xla: bool = False
     pixels: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    augment_views: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     cluster: str | None = None
     shard_size: int = 1024
+    reuse: int = 3
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -173,8 +217,12 @@ class ExtractConfig:
             object.__setattr__(self, "split", SplitConfig.from_params(self.split))
         if self.pixels is not None:
             check_int("extract.pixels", self.pixels, minimum=1)
+        check_int("extract.augment_views", self.augment_views, minimum=0)
+        if not isinstance(self.augment, AugmentConfig):
+            object.__setattr__(self, "augment", AugmentConfig.from_params(self.augment, "extract.augment"))
         check_cluster("extract.cluster", self.cluster)
         check_int("extract.shard_size", self.shard_size, minimum=1)
+        check_int("extract.reuse", self.reuse, minimum=0)
         if not self.layers:
             raise ConfigError("extract.layers must name at least one layer.")
         names = [spec.name for spec in self.layers]
@@ -210,6 +258,7 @@ class ExtractConfig:
         params = dataclasses.asdict(self)
         params["input_size"] = list(self.input_size) if self.input_size else None
         params["layers"] = {spec.name: {"pooling": spec.pooling, "dtype": spec.dtype} for spec in self.layers}
+        params["augment"] = self.augment.to_params()
         return params
 
     def feature_identity(self) -> dict[str, Any]:
@@ -222,6 +271,10 @@ class ExtractConfig:
         identity = dataclasses.asdict(self)
         for key in ("batch_size", "compression", "on_error", "split", *PLACEMENT):
             identity.pop(key)
+        identity["augment"] = self.augment.to_params()
+        if not self.augment_views:  # no views: the file is what it was before views existed, and so is its hash
+            identity.pop("augment")
+            identity.pop("augment_views")
         return identity
 
 
@@ -301,6 +354,8 @@ class ClassifierConfig:
     (or a list) whose features are concatenated. ``out_of_core``: ``auto`` streams from HDF5 when the train
     features exceed ``train.memory_budget``; ``true`` always, ``false`` never. ``passes`` is the number of passes
     over the train split when streaming into ``partial_fit`` (the Keras head uses its own ``epochs``).
+    ``augmented`` trains on the clean train rows plus their stored augmented views (``extract.augment_views``);
+    val and test always use the clean rows.
     """
 
     name: str
@@ -313,6 +368,7 @@ class ClassifierConfig:
     search: SearchConfig | None = None
     out_of_core: str | bool = "auto"
     passes: int = 5
+    augmented: bool = False
 
     def __post_init__(self):
         if isinstance(self.search, Mapping):
@@ -326,8 +382,11 @@ class ClassifierConfig:
         check_one_of(f"classifiers.{self.name}.out_of_core", self.out_of_core, OUT_OF_CORE)
         check_int(f"classifiers.{self.name}.passes", self.passes, minimum=1)
         object.__setattr__(self, "layer", layers[0] if len(layers) == 1 else tuple(layers))
-        if not isinstance(self.scale, bool):
-            raise ConfigError(f"classifiers.{self.name}.scale must be true or false. Received: {self.scale!r}")
+        for flag in ("scale", "augmented"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(
+                    f"classifiers.{self.name}.{flag} must be true or false. Received: {flag}={getattr(self, flag)!r}"
+                )
         if self.pool is not None and len(self.layers) > 1:
             raise ConfigError(f"classifiers.{self.name}.pool works on one layer; pool when extracting to concatenate")
         if self.pool is not None:
@@ -415,3 +474,113 @@ class TrainConfig:
 def config_hash(identity: Mapping[str, Any]) -> str:
     """A stable sha256 over JSON-able config data (sorted keys), used to tell feature files apart."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# The classifiers estimator that fine-tuning continues training: a Keras head, whose .keras layers join the backbone.
+FINETUNE_HEAD = "keras_head"
+# The folder under data/models and data/eval holding the fine-tuned runs, so no classifier may take this name.
+FINETUNE_FOLDER = "finetune"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One entry of the ``finetune`` section: the backbone's top layers fine-tuned together with a trained Keras head.
+
+    It starts from ``head`` (a ``classifiers`` entry with estimator ``keras_head``, no ``pool`` or ``pca``) as trained
+    on ``layer`` (an ``extract.layers`` entry that is in ``train.layers``; the model ``data/models/<head>/<layer>``).
+    The backbone is cut at ``layer``; its layers before ``trainable_from`` are frozen (or all but the last
+    ``trainable_layers``: exactly one of the two is set), the rest and the head are trained with Adam at
+    ``learning_rate`` for up to ``epochs`` epochs on images streamed from disk (``augment``: seeded flip, rotation and
+    crop of train images; null: none), stopping after ``patience`` epochs without a lower val loss and keeping the
+    best weights. ``seed`` decides the order of the train images, dropout and the augmentation stream.
+    """
+
+    name: str
+    head: str
+    layer: str
+    trainable_from: str | None = None
+    trainable_layers: int | None = None
+    learning_rate: float = 1e-5
+    epochs: int = 3
+    batch_size: int = 32
+    patience: int = 2
+    augment: AugmentConfig | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        where = f"finetune.{self.name}"
+        if not isinstance(self.name, str) or not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"finetune entries must be named by a folder name (no '/'). Received: {self.name!r}")
+        for key in ("head", "layer"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}.{key} must be a non-empty string. Received: {key}={value!r}")
+        if "+" in self.layer or self.layer == PIXELS:
+            raise ConfigError(
+                f"{where}.layer must be one backbone layer (the one the backbone is cut at), not {PIXELS!r} or a "
+                f"concatenation. Received: layer={self.layer!r}"
+            )
+        if (self.trainable_from is None) == (self.trainable_layers is None):
+            raise ConfigError(
+                f"{where} must set exactly one of trainable_from (the first trainable layer's name) and "
+                f"trainable_layers (train the last k layers). Received: trainable_from={self.trainable_from!r}, "
+                f"trainable_layers={self.trainable_layers!r}"
+            )
+        if self.trainable_from is not None and (not isinstance(self.trainable_from, str) or not self.trainable_from):
+            raise ConfigError(f"{where}.trainable_from must be a layer name. Received: trainable_from={self.trainable_from!r}")
+        if self.trainable_layers is not None:
+            check_int(f"{where}.trainable_layers", self.trainable_layers, minimum=1)
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+            hint = ""
+            if isinstance(rate, str):
+                hint = " (YAML reads a number like 1e-5 without a decimal point as a string: write 1.0e-5)"
+            raise ConfigError(f"{where}.learning_rate must be a number in (0, 1){hint}. Received: learning_rate={rate!r}")
+        object.__setattr__(self, "learning_rate", float(rate))
+        check_int(f"{where}.epochs", self.epochs, minimum=1)
+        check_int(f"{where}.batch_size", self.batch_size, minimum=1)
+        check_int(f"{where}.patience", self.patience, minimum=0)
+        check_int(f"{where}.seed", self.seed)
+        if self.augment is not None and not isinstance(self.augment, AugmentConfig):
+            object.__setattr__(self, "augment", AugmentConfig.from_params(self.augment, f"{where}.augment"))
+
+    @classmethod
+    def from_params(cls, finetune: Any, name: str) -> FinetuneConfig:
+        """The entry ``name`` of a ``finetune`` section."""
+        finetune = check_keys("finetune", finetune, list(finetune) if isinstance(finetune, Mapping) else [])
+        check_one_of("finetune entry", name, list(finetune))
+        allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+        return cls(name=name, **check_keys(f"finetune.{name}", finetune[name], allowed, required=["head", "layer"]))
+
+    @classmethod
+    def all_from_params(cls, finetune: Any) -> dict[str, FinetuneConfig]:
+        """Every entry of a ``finetune`` section, by name; ``{}`` (or null) configures none."""
+        finetune = {} if finetune is None else finetune
+        check_keys("finetune", finetune, list(finetune) if isinstance(finetune, Mapping) else [])
+        return {name: cls.from_params(finetune, name) for name in finetune}
+
+    def check_params(self, classifiers: Mapping[str, Any], train: TrainConfig, extract: ExtractConfig) -> None:
+        """Check this entry against the other sections: the head is a pool- and PCA-free ``keras_head`` entry of
+        ``classifiers``, trained (``train.layers``) on ``layer``, a backbone layer that is extracted."""
+        where = f"finetune.{self.name}"
+        if FINETUNE_FOLDER in classifiers:
+            raise ConfigError(
+                f"classifiers.{FINETUNE_FOLDER} would share data/models/{FINETUNE_FOLDER} and data/eval/{FINETUNE_FOLDER} "
+                "with the fine-tuned models; rename that classifier"
+            )
+        check_one_of(f"{where}.head", self.head, list(classifiers))
+        entry = classifiers[self.head] if isinstance(classifiers[self.head], Mapping) else {}
+        if entry.get("estimator") != FINETUNE_HEAD:
+            raise ConfigError(
+                f"{where}.head must name a classifiers entry with estimator {FINETUNE_HEAD} (its Keras layers are what "
+                f"fine-tuning continues training). Received: head={self.head!r}, whose estimator is "
+                f"{entry.get('estimator')!r}"
+            )
+        for step in ("pool", "pca"):
+            if entry.get(step) is not None:
+                raise ConfigError(
+                    f"{where}.head {self.head!r} sets classifiers.{self.head}.{step}: fine-tuning needs a head trained "
+                    f"on the layer's features as extracted (no pool or pca step before it). Received: {step}={entry[step]!r}"
+                )
+        trained = [layer for layer in train.layers if layer in extract.layer_names]
+        check_one_of(f"{where}.layer", self.layer, trained)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -12,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import SplitConfig
+from pipeline.hashing import hash_files
 from pipeline.validation import ConfigError, check_one_of, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -24,13 +27,15 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 
 @dataclass(frozen=True)
 class Manifest:
-    """Row-aligned image paths (relative to ``root``), integer labels and split names."""
+    """Row-aligned image paths (relative to ``root``), integer labels and split names, and once ``hashed`` the
+    sha256 of each file's content (what identifies an image for reuse and seeds its augmented views)."""
 
     root: Path
     paths: tuple[str, ...]
     labels: np.ndarray
     splits: tuple[str, ...]
     class_names: tuple[str, ...]
+    hashes: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -38,15 +43,27 @@ class Manifest:
     def absolute(self, index: int) -> Path:
         return self.root / self.paths[index]
 
+    def hashed(self, show_progress: bool = True) -> Manifest:
+        """This manifest with the content hash of every file (itself when it has them)."""
+        if self.hashes is not None:
+            return self
+        paths = [self.absolute(i) for i in range(len(self))]
+        return dataclasses.replace(self, hashes=tuple(hash_files(paths, show_progress=show_progress)))
+
+    def take(self, rows: Sequence[int]) -> Manifest:
+        """The manifest of ``rows`` (positions, in the order given), with their hashes."""
+        rows = list(rows)
+        hashes = None if self.hashes is None else tuple(self.hashes[i] for i in rows)
+        return Manifest(
+            self.root, tuple(self.paths[i] for i in rows), self.labels[rows], tuple(self.splits[i] for i in rows),
+            self.class_names, hashes,
+        )
+
     def grouped_by_split(self) -> Manifest:
         """The same rows, stably reordered train, val, test, then unlabelled: each split is then one contiguous run
         of rows in the features file, which reads at the speed of ``np.load`` (scattered rows read at about half)."""
         rank = {name: i for i, name in enumerate((*SPLITS, UNLABELLED))}
-        order = sorted(range(len(self)), key=lambda i: rank[self.splits[i]])
-        return Manifest(
-            self.root, tuple(self.paths[i] for i in order), self.labels[order], tuple(self.splits[i] for i in order),
-            self.class_names,
-        )
+        return self.take(sorted(range(len(self)), key=lambda i: rank[self.splits[i]]))
 
 
 def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,27 +71,44 @@ def evaluate_model(
     recorded in ``model.json``; ``[]`` for estimators trained without epochs).
     """
     estimator, metadata = load_model(model_dir)
+    names = list(trained_on(model_dir, metadata, features)["class_names"])
+    data = predictions(estimator, features, metadata["layers"], split, len(names))
+    description = f"{metadata['classifier']} ({metadata['estimator']}) on {metadata['layer']}"
+    return write_evaluation(out_dir, data, names, metadata, description, split)
+
+
+def trained_on(model_dir: str | Path, metadata: Mapping[str, Any], features: str | Path) -> dict[str, Any]:
+    """The provenance of ``features``, refused unless the model (``metadata``) was trained on features like them."""
     attrs = read_attrs(features)
     if attrs["config_hash"] != metadata["features"]["config_hash"]:
         raise ConfigError(
             f"model {model_dir} was trained on features with config_hash {metadata['features']['config_hash']}, "
             f"but {features} has {attrs['config_hash']}; retrain it on these features"
         )
-    names = list(attrs["class_names"])
-    data = predictions(estimator, features, metadata["layers"], split, len(names))
+    return attrs
+
+
+def write_evaluation(
+    out_dir: str | Path, data: Predictions, names: Sequence[str], record: Mapping[str, Any], description: str,
+    split: str = "test",
+) -> dict[str, Any]:
+    """Score ``data`` and write the evaluation files to ``out_dir`` (see ``evaluate_model``); returns the metrics.
+
+    ``record`` is the model's ``model.json``: its ``val_accuracy``, ``fit_seconds`` and ``history`` (per-epoch rows)
+    are reported; ``description`` names the model in the confusion image's title and the log. Every evaluation,
+    from features or from images (``pipeline.finetune``), writes its results here.
+    """
+    names = list(names)
     y, predicted = data.y, data.predicted
     metrics = {
         **score(y, predicted, data.proba, len(names)),
-        "val_accuracy": float(metadata["val_accuracy"]),
-        "fit_seconds": float(metadata["fit_seconds"]),
+        "val_accuracy": float(record["val_accuracy"]),
+        "fit_seconds": float(record["fit_seconds"]),
         "predict_seconds": data.seconds,
     }
 
     out_dir = Path(out_dir)
-    title = (
-        f"{metadata['classifier']} ({metadata['estimator']}) on {metadata['layer']}\n"
-        f"{split} accuracy {metrics['accuracy']:.3f} (n={metrics['n']})"
-    )
+    title = f"{description}\n{split} accuracy {metrics['accuracy']:.3f} (n={metrics['n']})"
     with atomic_file(out_dir / "confusion.png") as tmp:
         heatmap(
             confusion_matrix(y, predicted, labels=range(len(names))), names, names, tmp,
@@ -103,8 +120,8 @@ def evaluate_model(
         out_dir / "confusion.json",
         [{"actual": names[a], "predicted": names[p]} for a, p in zip(y.tolist(), predicted.tolist())],
     )
-    write_json(out_dir / "learning_curve.json", metadata.get("history", []))
-    log.info("%s on %s split: %s", metadata["classifier"], split, metrics)
+    write_json(out_dir / "learning_curve.json", record.get("history", []))
+    log.info("%s on %s split: %s", description, split, metrics)
     return metrics
 
 
@@ -113,9 +130,15 @@ def class_probabilities(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
 
     A class missing from the training labels gets probability 0 in its column.
     """
-    proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    return spread_probabilities(estimator.predict_proba(X), estimator.classes_, n_classes)
+
+
+def spread_probabilities(proba: np.ndarray, classes: Sequence[int], n_classes: int) -> np.ndarray:
+    """Probabilities over the model's ``classes`` (its output columns) as an (n, n_classes) float64 matrix over all
+    class indices, rows summing to 1; a class the model never saw gets probability 0."""
+    proba = np.asarray(proba, dtype=np.float64)
     full = np.zeros((len(proba), n_classes))
-    full[:, np.asarray(estimator.classes_, dtype=int)] = proba
+    full[:, np.asarray(classes, dtype=int)] = proba
     return full / full.sum(axis=1, keepdims=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import logging
 import platform
 import time
@@ -16,11 +17,13 @@ from tqdm import tqdm
 
 from pipeline import __version__, accelerate
 from pipeline.atomic import atomic_file
+from pipeline.augment import augment_views
 from pipeline.backbone import Backbone, load_backbone
 from pipeline.config import PIXELS, PLACEMENT, ExtractConfig, LayerSpec, config_hash
 from pipeline.dataset import Manifest, read_images
 from pipeline.images import iter_batches
-from pipeline.store import FeatureWriter
+from pipeline.reuse import Reuse, candidates, remember
+from pipeline.store import COPY_PIECE_BYTES, FeatureWriter, row_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +96,11 @@ def library_versions() -> dict[str, str]:
 
 
 def manifest_hash(manifest: Manifest) -> str:
-    """sha256 over the ordered (path, label, split) rows and class names: which images, labelled how."""
+    """sha256 over the ordered (path, label, split, content hash) rows and class names: which images, labelled how."""
     digest = hashlib.sha256("\0".join(manifest.class_names).encode())
-    for path, label, split in zip(manifest.paths, manifest.labels.tolist(), manifest.splits):
-        digest.update(f"\n{path}\0{label}\0{split}".encode())
+    hashes = manifest.hashes if manifest.hashes is not None else [""] * len(manifest)
+    for path, label, split, content in zip(manifest.paths, manifest.labels.tolist(), manifest.splits, hashes):
+        digest.update(f"\n{path}\0{label}\0{split}\0{content}".encode())
     return digest.hexdigest()
 
 
@@ -125,6 +129,8 @@ def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, co
         "pooling": {spec.name: spec.pooling for spec in config.stored_layers},
         "dtype": {spec.name: spec.dtype for spec in config.stored_layers},
         "pixels": config.pixels if config.pixels is not None else "null",
+        "augment_views": config.augment_views,
+        "augment": config.augment.to_params() if config.augment_views else "null",
         "mixed_precision": compute.mixed_precision,
         "xla": compute.xla,
         "batch_size": compute.batch_size,
@@ -174,54 +180,129 @@ def resume_key(config_hash: str, manifest_sha256: str) -> str:
     return f"{config_hash}:{manifest_sha256}"
 
 
+@dataclass(frozen=True)
+class Extracted:
+    """What an extraction did: the file, the (path, reason) of each image that could not be decoded, how many
+    images went through the model, and how many rows were copied from earlier files (``pipeline.reuse``)."""
+
+    path: Path
+    skipped: list[tuple[str, str]]
+    computed: int
+    reused: int
+
+
+def view_values(
+    features: FeatureModel, config: ExtractConfig, batch_size: int, images: np.ndarray, hashes: Sequence[str],
+    train: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Per stored layer, ``(len(images), K, ...)``: K augmented views of the ``train`` images (seeded by their
+    content ``hashes``) through the same model; NaN rows for the others."""
+    views = {
+        name: np.full((len(images), config.augment_views, *shape), np.nan, dtype=np.float32)
+        for name, (shape, _) in features.layers.items()
+    }
+    if train.any():
+        chosen = np.flatnonzero(train)
+        augmented = augment_views(images[chosen], [hashes[i] for i in chosen], config.augment_views, config.augment)
+        for view, batch in enumerate(augmented):
+            values = stored_values(
+                features.model, features.backbone, config.stored_layers, batch, batch_size, config.pixels
+            )
+            for name, value in values.items():
+                views[name][chosen, view] = value
+    return views
+
+
 def write_features(
     features: FeatureModel, config: ExtractConfig, compute: accelerate.Compute, manifest: Manifest, out: str | Path,
-    show_progress: bool = True,
-) -> list[tuple[str, str]]:
-    """Run ``features`` over every image of ``manifest`` in batches into ``out`` (HDF5), resumably; return the
-    (path, reason) of every image that could not be decoded."""
+    reuse: Reuse | None = None, show_progress: bool = True,
+) -> Extracted:
+    """Write the features of every image of ``manifest`` (hashed) into ``out`` (HDF5), in manifest order,
+    resumably: rows ``reuse`` finds (by content hash) are copied, the others go through ``features`` in batches."""
     attrs = provenance(config, features.backbone, manifest, compute)
-    paths = [manifest.absolute(i) for i in range(len(manifest))]
+    n, views = len(manifest), config.augment_views
+    found = reuse.plan(manifest, views > 0) if reuse is not None else [None] * n
+    to_compute = np.array([i for i, hit in enumerate(found) if hit is None], dtype=np.int64)
+    names = [f"features/{name}" for name in features.layers] + [f"views/{name}" for name in features.layers if views]
+    piece = max(1, COPY_PIECE_BYTES // max(1, row_nbytes(features.layers) * (1 + views)))
+    computed = 0
+
+    def write(position, rows, values, skipped=()):
+        """Rows ``rows`` (manifest indices, ascending) with their ``values`` (per dataset name)."""
+        writer.write(
+            position, {name.split("/", 1)[1]: v for name, v in values.items() if name.startswith("features/")},
+            [manifest.paths[i] for i in rows], manifest.labels[rows], [manifest.splits[i] for i in rows],
+            skipped=skipped, hashes=[manifest.hashes[i] for i in rows],
+            views={name.split("/", 1)[1]: v for name, v in values.items() if name.startswith("views/")},
+        )
+
+    def copy(rows: np.ndarray, position: int | None) -> None:
+        """Copy reused manifest ``rows`` (ascending) from their sources, ``piece`` rows at a time."""
+        for first in range(0, len(rows), piece):
+            part = rows[first : first + piece]
+            values = {name: np.empty((len(part), *writer.file[name].shape[1:]), writer.file[name].dtype) for name in names}
+            for source in {found[i][0] for i in part}:
+                mine = np.array([found[i][0] == source for i in part])
+                for name, value in reuse.read(source, np.array([found[i][1] for i in part[mine]]), names).items():
+                    values[name][mine] = value
+            last = first + piece >= len(rows)
+            write(position if last else None, part, values)
+
     with FeatureWriter(
-        out, capacity=len(manifest), layers=features.layers, attrs=attrs, compression=config.compression,
-        resume_key=resume_key(attrs["config_hash"], attrs["manifest_sha256"]),
-    ) as writer, tqdm(
-        total=len(manifest), initial=writer.position, unit="img", desc="extract", disable=not show_progress
-    ) as progress:
+        out, capacity=n, layers=features.layers, attrs=attrs, compression=config.compression,
+        resume_key=resume_key(attrs["config_hash"], attrs["manifest_sha256"]), views=views,
+    ) as writer, tqdm(total=n, initial=writer.position, unit="img", desc="extract", disable=not show_progress) as progress:
         started, resumed_at = time.perf_counter(), writer.position
         batches = iter_batches(
-            paths, features.backbone.input_size, config.interpolation, compute.batch_size,
-            on_error=config.on_error, start=writer.position,
+            [manifest.absolute(i) for i in to_compute], features.backbone.input_size, config.interpolation,
+            compute.batch_size, on_error=config.on_error, start=int(np.searchsorted(to_compute, writer.position)),
         )
         for batch in batches:
-            rows = batch.indices
+            rows = to_compute[batch.indices]
             values = {}
             if len(rows):
-                values = stored_values(
+                stored = stored_values(
                     features.model, features.backbone, config.stored_layers, batch.images, compute.batch_size,
                     config.pixels,
                 )
-            for position, message in batch.errors:
+                values = {f"features/{name}": value for name, value in stored.items()}
+                if views:
+                    train = np.array([manifest.splits[i] == "train" for i in rows])
+                    hashes = [manifest.hashes[i] for i in rows]
+                    extra = view_values(features, config, compute.batch_size, batch.images, hashes, train)
+                    values.update({f"views/{name}": value for name, value in extra.items()})
+                computed += len(rows)
+            for _, message in batch.errors:
                 log.warning("skipped %s", message)
-            writer.write(
-                batch.stop,
-                values,
-                [manifest.paths[i] for i in rows],
-                manifest.labels[rows],
-                [manifest.splits[i] for i in rows],
-                skipped=[(manifest.paths[i], message) for i, message in batch.errors],
-            )
-            progress.update(batch.stop - batch.start)
+            # The batch's span of manifest rows, in order: runs of reused rows (copied) and of computed ones.
+            stop = int(to_compute[batch.stop - 1]) + 1
+            place = {int(row): k for k, row in enumerate(rows)}
+            span = [i for i in range(writer.position, stop) if found[i] is not None or i in place]
+            for reused, run in itertools.groupby(span, key=lambda i: found[i] is not None):
+                run = np.array(list(run), dtype=np.int64)
+                if reused:
+                    copy(run, None)
+                else:
+                    at = [place[i] for i in run]
+                    write(None, run, {name: value[at] for name, value in values.items()})
+            write(stop, np.zeros(0, dtype=np.int64), {}, [(manifest.paths[to_compute[i]], m) for i, m in batch.errors])
+            progress.update(stop - progress.n)
+        copy(np.array([i for i in range(writer.position, n) if found[i] is not None], dtype=np.int64), n)
+        progress.update(n - progress.n)
         elapsed = time.perf_counter() - started
-        done = len(manifest) - resumed_at
-        log.info("extracted %d images in %.1f s (%.1f img/s)", done, elapsed, done / max(elapsed, 1e-9))
+        log.info(
+            "%d images through the model in %.1f s (%.1f img/s), %d rows written",
+            computed, elapsed, computed / max(elapsed, 1e-9), n - resumed_at,
+        )
         skipped = writer.skipped()
-    return skipped
+    reused = sum(hit is not None for hit in found)
+    return Extracted(Path(out), skipped, computed, reused)
 
 
-def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path) -> Path:
+def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path) -> Extracted:
     """Run the frozen backbone over every image of ``manifest`` and write ``out`` (HDF5), resumably: in this
-    process, or in shards on ``config.cluster`` merged into the same file."""
+    process, or in shards on ``config.cluster`` merged into the same file. Rows of images already extracted with
+    this config (same content hash, in the kept earlier outputs or in ``out``) are copied, not computed."""
     compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
     features = load_feature_model(config, compute)
     log.info(
@@ -229,16 +310,23 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
         config.layer_names, features.backbone.name, features.backbone.input_size, len(manifest),
         {name: shape for name, (shape, _) in features.layers.items()},
     )
-    if config.cluster is None:
-        skipped = write_features(features, config, compute, manifest, out)
-    else:
-        from pipeline.shards import extract_on_cluster  # imports dask only when a cluster is configured
+    manifest = manifest.hashed()
+    attrs = provenance(config, features.backbone, manifest, compute)
+    with Reuse(candidates(out, attrs["config_hash"]) if config.reuse else [], attrs) as reuse:
+        if config.cluster is None:
+            result = write_features(features, config, compute, manifest, out, reuse)
+        else:
+            from pipeline.shards import extract_on_cluster  # imports dask only when a cluster is configured
 
-        skipped = extract_on_cluster(features, config, compute, manifest, out)
-    write_skipped_report(skipped_report_path(out), skipped)
-    if skipped:
-        log.warning("%d of %d images could not be decoded; see %s", len(skipped), len(manifest), skipped_report_path(out))
-    return Path(out)
+            result = extract_on_cluster(features, config, compute, manifest, out, reuse)
+    log.info("%d rows reused from earlier extractions, %d images computed", result.reused, result.computed)
+    remember(out, attrs, config.reuse)
+    write_skipped_report(skipped_report_path(out), result.skipped)
+    if result.skipped:
+        log.warning(
+            "%d of %d images could not be decoded; see %s", len(result.skipped), len(manifest), skipped_report_path(out)
+        )
+    return result
 
 
 def write_skipped_report(path: Path, skipped: list[tuple[str, str]]) -> None:
@@ -249,6 +337,8 @@ def write_skipped_report(path: Path, skipped: list[tuple[str, str]]) -> None:
         writer.writerows(skipped)
 
 
-def run_extraction(images: str | Path, out: str | Path, config: ExtractConfig, image_root: str | Path | None = None) -> Path:
+def run_extraction(
+    images: str | Path, out: str | Path, config: ExtractConfig, image_root: str | Path | None = None
+) -> Extracted:
     """Read any image source (folders or CSV), then extract: what the DVC stage and the CLI both run."""
     return extract_features(read_images(images, image_root, config.split), config, out)

@@ -1,4 +1,4 @@
-"""The leaderboard: every classifier x layer's test metrics in one CSV, Markdown table, DVC plot and heat map."""
+"""The leaderboard: every classifier x layer's and fine-tuned model's test metrics: CSV, Markdown, DVC plot, heat map."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
-from pipeline.config import PIXELS
+from pipeline.config import FINETUNE_FOLDER, PIXELS
 from pipeline.plots import heatmap
 from pipeline.validation import ConfigError
 
@@ -30,16 +30,29 @@ HEADERS = {
 }
 
 
-def collect(eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per classifier x layer from ``eval_dir/<classifier>/<layer>/metrics.json``, best test accuracy first.
+def finetuned(name: str) -> str:
+    """The leaderboard's classifier label of the fine-tuned run ``name``: marked, so it never reads as a classifier."""
+    return f"{name} (fine-tuned)"
 
-    Every configured pair must have been evaluated: a missing file is a ConfigError naming it (nothing is dropped).
+
+def collect(
+    eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str], finetune: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per classifier x layer from ``eval_dir/<classifier>/<layer>/metrics.json``, and one per fine-tuned run
+    (``finetune``: name -> layer) from ``eval_dir/finetune/<name>/metrics.json``, labelled ``finetuned(name)``; best
+    test accuracy first.
+
+    Every configured run must have been evaluated: a missing file is a ConfigError naming it (nothing is dropped).
     Ties are broken by val accuracy, then by name.
     """
+    finetune = dict(finetune or {})
     paths = {(c, layer): Path(eval_dir) / c / layer / "metrics.json" for c in classifiers for layer in layers}
+    for name, layer in finetune.items():
+        paths[finetuned(name), layer] = Path(eval_dir) / FINETUNE_FOLDER / name / "metrics.json"
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
-        raise ConfigError(f"no metrics for {len(missing)} of {len(paths)} classifier x layer pairs; missing: {missing}")
+        runs = "classifier x layer pairs" + (" and fine-tuned models" if finetune else "")
+        raise ConfigError(f"no metrics for {len(missing)} of {len(paths)} {runs}; missing: {missing}")
     rows = []
     for (classifier, layer), path in paths.items():
         metrics = json.loads(path.read_text())
@@ -93,13 +106,16 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str], out_dir: str | Path) -> list[dict[str, Any]]:
+def write_leaderboard(
+    eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str], out_dir: str | Path,
+    finetune: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Write ``leaderboard.csv``, ``leaderboard.md``, ``leaderboard.json`` (DVC bar plot) and ``leaderboard.png``.
 
-    The PNG is a classifiers x layers heat map of test accuracy; the JSON has one row per pair with ``run``
-    (``classifier · layer``) for DVC's bar_horizontal template.
+    The PNG is a classifiers x layers heat map of test accuracy, with a row per fine-tuned run (its layer's cell
+    only); the JSON has one row per run with ``run`` (``classifier · layer``) for DVC's bar_horizontal template.
     """
-    rows = collect(eval_dir, classifiers, layers)
+    rows = collect(eval_dir, classifiers, layers, finetune)
     out_dir = Path(out_dir)
     with atomic_file(out_dir / "leaderboard.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, ["rank", "classifier", "layer", *COLUMNS])
@@ -109,10 +125,11 @@ def write_leaderboard(eval_dir: str | Path, classifiers: Sequence[str], layers: 
         tmp.write_text(markdown(rows))
     write_json(out_dir / "leaderboard.json", [{"run": f"{r['classifier']} · {r['layer']}", **r} for r in rows])
     accuracy = {(row["classifier"], row["layer"]): row["accuracy"] for row in rows}
-    grid = np.array([[accuracy[c, layer] for layer in layers] for c in classifiers])
+    names = [*classifiers, *(finetuned(name) for name in finetune or {})]
+    grid = np.array([[accuracy.get((c, layer), np.nan) for layer in layers] for c in names])
     with atomic_file(out_dir / "leaderboard.png") as tmp:
         heatmap(
-            grid, list(classifiers), list(layers), tmp, title="Test accuracy: classifier x layer",
+            grid, names, list(layers), tmp, title="Test accuracy: classifier x layer",
             xlabel="layer (features)", ylabel="classifier", colorbar="test accuracy", fmt="{:.3f}", cmap="viridis",
             vmin=None,
         )

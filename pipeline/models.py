@@ -21,6 +21,7 @@ from pipeline.classifiers import KerasHeadClassifier, final_estimator
 from pipeline.validation import ConfigError
 
 METADATA = "model.json"
+FINETUNED = "fine-tuned"  # model.json's "kind" of a fine-tuned model (pipeline.finetune): images in, not features
 PREPROCESS = "preprocess.joblib"
 FORMAT_VERSION = 1
 
@@ -69,6 +70,11 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
 def load_model(model_dir: str | Path) -> tuple[BaseEstimator, dict[str, Any]]:
     """Load a model directory written by ``save_model``; returns the estimator and its metadata."""
     metadata = read_metadata(model_dir)
+    if metadata.get("kind") == FINETUNED:
+        raise ConfigError(
+            f"{model_dir} is a fine-tuned model, which takes images, not features: evaluate it with "
+            "pipeline.finetune.evaluate_finetuned, predict with `python -m pipeline predict`"
+        )
     path = Path(model_dir) / metadata["file"]
     if metadata["file"] == "model.keras":
         import keras

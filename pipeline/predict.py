@@ -18,7 +18,9 @@ from pipeline.config import PIXELS, ExtractConfig, LayerSpec, config_hash
 from pipeline.dataset import IMAGE_EXTENSIONS, image_files
 from pipeline.extract import feature_identity, pooled_shape, stored_values
 from pipeline.images import iter_batches
-from pipeline.models import load_model
+from pipeline.finetune import KIND as FINETUNED
+from pipeline.finetune import load_finetuned, preprocess_function
+from pipeline.models import load_model, read_metadata
 from pipeline.validation import ConfigError, check_int
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,47 @@ class Prediction:
         return self.top[0][0] if self.top else None
 
 
+class ImagePredictor:
+    """What every predictor shares: images decoded as recorded, in batches, to top-k labels. A subclass gives
+    ``input_size``, ``interpolation``, ``batch_size``, ``labels`` (the label of each output column), ``measure`` and
+    ``image_outputs(images)`` (decoded uint8 images to ``(n, columns)`` outputs), and holds the model's ``metadata``
+    and the ``config`` its features were extracted with."""
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    @property
+    def interpolation(self) -> str:
+        return self.config.interpolation
+
+    def top(self, outputs: np.ndarray, k: int) -> list[tuple[tuple[str, float], ...]]:
+        """The ``k`` best ``(label, value)`` pairs per row, highest first (ties in class order)."""
+        labels = self.labels
+        order = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
+        return [tuple((labels[j], float(row[j])) for j in best) for row, best in zip(outputs, order)]
+
+    def predict(self, paths: Sequence[Path], top_k: int = 3) -> list[Prediction]:
+        """One Prediction per path, in order; undecodable images are logged and returned with their error."""
+        k = min(check_int("top_k", top_k, 1), len(self.labels))
+        results: list[Prediction] = []
+        for batch in iter_batches(paths, self.input_size, self.interpolation, self.batch_size):
+            done = {}
+            if len(batch.indices):
+                tops = self.top(self.image_outputs(batch.images), k)
+                done = {int(i): Prediction(Path(paths[i]), top, self.measure) for i, top in zip(batch.indices, tops)}
+            for position, message in batch.errors:
+                log.warning("not predicted: %s", message)
+                done[position] = Prediction(Path(paths[position]), (), self.measure, error=message)
+            results.extend(done[i] for i in range(batch.start, batch.stop))
+        failed = sum(p.error is not None for p in results)
+        if failed:
+            log.warning("%d of %d images could not be decoded and have no prediction", failed, len(results))
+        return results
+
+
 @dataclass(frozen=True)
-class Predictor:
+class Predictor(ImagePredictor):
     """A saved model joined to the backbone sub-model that recomputes its features exactly as extraction did."""
 
     model_dir: Path
@@ -62,12 +103,16 @@ class Predictor:
     batch_size: int
 
     @property
-    def class_names(self) -> list[str]:
-        return list(self.metadata["class_names"])
+    def labels(self) -> list[str]:
+        return [self.class_names[int(c)] for c in self.estimator.classes_]
 
     @property
     def measure(self) -> str:
         return PROBABILITY if hasattr(self.estimator, "predict_proba") else SCORE
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.backbone.input_size
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """Flat features of decoded uint8 images: the extract stage's preprocess, forward pass, pooling and dtype
@@ -86,30 +131,50 @@ class Predictor:
         scores = np.asarray(self.estimator.decision_function(X), dtype=np.float64)
         return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores  # binary: margin of classes_[1]
 
-    def top(self, outputs: np.ndarray, k: int) -> list[tuple[tuple[str, float], ...]]:
-        """The ``k`` best ``(label, value)`` pairs per row, highest first (ties in class order)."""
-        names = [self.class_names[int(c)] for c in self.estimator.classes_]
-        order = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
-        return [tuple((names[j], float(row[j])) for j in best) for row, best in zip(outputs, order)]
+    def image_outputs(self, images: np.ndarray) -> np.ndarray:
+        return self.outputs(self.features(images))
 
-    def predict(self, paths: Sequence[Path], top_k: int = 3) -> list[Prediction]:
-        """One Prediction per path, in order; undecodable images are logged and returned with their error."""
-        k = min(check_int("top_k", top_k, 1), len(self.estimator.classes_))
-        results: list[Prediction] = []
-        batches = iter_batches(paths, self.backbone.input_size, self.config.interpolation, self.batch_size)
-        for batch in batches:
-            done = {}
-            if len(batch.indices):
-                tops = self.top(self.outputs(self.features(batch.images)), k)
-                done = {int(i): Prediction(Path(paths[i]), top, self.measure) for i, top in zip(batch.indices, tops)}
-            for position, message in batch.errors:
-                log.warning("not predicted: %s", message)
-                done[position] = Prediction(Path(paths[position]), (), self.measure, error=message)
-            results.extend(done[i] for i in range(batch.start, batch.stop))
-        failed = sum(p.error is not None for p in results)
-        if failed:
-            log.warning("%d of %d images could not be decoded and have no prediction", failed, len(results))
-        return results
+
+@dataclass(frozen=True)
+class FinetunedPredictor(ImagePredictor):
+    """A fine-tuned model (``pipeline.finetune``): the backbone and head are one Keras model, fed preprocessed images."""
+
+    model_dir: Path
+    model: Any
+    metadata: dict[str, Any]
+    config: ExtractConfig
+    preprocess: Any
+    batch_size: int
+    measure: str = PROBABILITY
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.class_names[int(c)] for c in self.metadata["classes"]]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(int(n) for n in self.model.input_shape[1:3])
+
+    def image_outputs(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of decoded uint8 images, after the backbone's preprocessing."""
+        x = self.preprocess(images.astype(np.float32))
+        return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float64)
+
+
+def load_finetuned_predictor(model_dir: Path, batch_size: int | None = None) -> FinetunedPredictor:
+    """Load a fine-tuned model with the recorded decode (input size, interpolation) and preprocessing."""
+    model, metadata = load_finetuned(model_dir)
+    config = ExtractConfig.from_params(metadata["features"]["extract_config"])
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
+    log.info(
+        "model %s: %s, %s cut at %s at %s, %d classes", model_dir, metadata["estimator"],
+        metadata["features"]["backbone"], metadata["layer"], tuple(model.input_shape[1:3]), len(metadata["class_names"]),
+    )
+    return FinetunedPredictor(
+        model_dir, model, metadata, config, preprocess_function(config),
+        batch_size or accelerate.resolve(config.batch_size, False, False).batch_size,
+    )
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -203,11 +268,14 @@ def check_compute(
         )
 
 
-def load_predictor(model_dir: str | Path, batch_size: int | None = None) -> Predictor:
-    """Load a saved model and build its backbone once, with every check that the features will match."""
+def load_predictor(model_dir: str | Path, batch_size: int | None = None) -> Predictor | FinetunedPredictor:
+    """Load a saved model and build its backbone once, with every check that the features will match; a fine-tuned
+    model (``pipeline.finetune``) carries its backbone and needs only the recorded decode and preprocessing."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ConfigError(f"model directory not found: {model_dir}")
+    if read_metadata(model_dir).get("kind") == FINETUNED:
+        return load_finetuned_predictor(model_dir, batch_size)
     estimator, metadata = load_model(model_dir)
     config, specs = recorded_config(model_dir, metadata)
     if batch_size is not None:
@@ -235,7 +303,8 @@ def predict_images(
     """Top-k labels for every image of ``inputs`` (files, or folders expanded to their image files).
 
     Runs what training's features came from, end to end: the recorded extract config's decode (interpolation,
-    input size), backbone and weights, the model's layer, pooling and storage dtype, then the classifier.
+    input size), backbone and weights, the model's layer, pooling and storage dtype, then the classifier; a
+    fine-tuned model (``data/models/finetune/<name>``) is one Keras model from preprocessed images to probabilities.
     Values are ``predict_proba`` probabilities; an estimator without it (LinearSVC) gives its raw
     ``decision_function`` scores instead (``Prediction.measure == "score"``, not calibrated, not softmaxed).
     ``batch_size`` defaults to the recorded one (``auto``: 32 on CPU); it changes float rounding only.

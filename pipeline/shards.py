@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import numpy as np
 from dask.base import tokenize
 from distributed import Client, as_completed
 from tqdm import tqdm
@@ -20,13 +20,19 @@ from pipeline import accelerate
 from pipeline.cluster import dask_client
 from pipeline.config import ExtractConfig
 from pipeline.dataset import Manifest
-from pipeline.extract import FeatureModel, load_feature_model, manifest_hash, provenance, resume_key, write_features
-from pipeline.store import FeatureWriter
+from pipeline.extract import (
+    Extracted,
+    FeatureModel,
+    load_feature_model,
+    manifest_hash,
+    provenance,
+    resume_key,
+    write_features,
+)
+from pipeline.reuse import Reuse
 from pipeline.validation import ConfigError, UserError
 
 log = logging.getLogger(__name__)
-
-MERGE_PIECE_BYTES = 64 << 20  # a shard is copied into the features file this many bytes of rows at a time
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class ShardRun:
     extracted: bool  # False: a complete shard file of an earlier run was reused, or the shard failed
     loaded: bool  # this task loaded the feature model (its worker process had not yet)
     worker: int  # the worker's process id
+    computed: int = 0  # images that went through the model
     error: UserError | None = None  # e.g. an undecodable image under on_error: fail
 
 
@@ -77,10 +84,7 @@ def plan_shards(manifest: Manifest, shard_size: int, batch_size: int, folder: Pa
     shards = []
     for index, start in enumerate(range(0, len(manifest), shard_size)):
         stop = min(start + shard_size, len(manifest))
-        rows = Manifest(
-            root, manifest.paths[start:stop], manifest.labels[start:stop], manifest.splits[start:stop],
-            manifest.class_names,
-        )
+        rows = dataclasses.replace(manifest.take(range(start, stop)), root=root)
         key = resume_key(config_hash, manifest_hash(rows))
         shards.append(Shard(index, start, stop, rows, folder / f"shard-{index:05d}.h5", config_hash, key))
     log.info("%d images in %d shards of up to %d, their files in %s", len(manifest), len(shards), shard_size, folder)
@@ -118,10 +122,10 @@ def extract_shard(shard: Shard, config: ExtractConfig, compute: accelerate.Compu
     loaded = False
     try:
         features, loaded = _feature_model(config, compute, shard.config_hash)
-        write_features(features, config, compute, shard.manifest, shard.path, show_progress=False)
+        written = write_features(features, config, compute, shard.manifest, shard.path, show_progress=False)
     except UserError as error:  # returned, not raised: the client reports it in one line, without a Dask traceback
         return ShardRun(shard.index, extracted=False, loaded=loaded, worker=os.getpid(), error=error)
-    return ShardRun(shard.index, extracted=True, loaded=loaded, worker=os.getpid())
+    return ShardRun(shard.index, extracted=True, loaded=loaded, worker=os.getpid(), computed=written.computed)
 
 
 def run_shards(
@@ -155,73 +159,41 @@ def run_shards(
     return runs
 
 
-def merge_shards(
-    shards: list[Shard], out: str | Path, attrs: dict, layers: dict[str, tuple[tuple[int, ...], str]],
-    compression: str | None,
-) -> list[tuple[str, str]]:
-    """Copy the shards' rows and skipped files, in order, into ``out`` through a FeatureWriter with ``attrs``:
-    the file single-process extraction writes. Returns the skipped (path, reason) of all shards.
-
-    Streams about ``MERGE_PIECE_BYTES`` at a time and marks progress at the end of each shard, so an interrupted
-    merge, or an interrupted single-process run (the same resume key), is continued where it stopped.
-    """
-    row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layers.values())
-    piece = max(1, MERGE_PIECE_BYTES // max(row_bytes, 1))
-    with FeatureWriter(
-        out, capacity=sum(len(shard) for shard in shards), layers=layers, attrs=attrs, compression=compression,
-        resume_key=resume_key(attrs["config_hash"], attrs["manifest_sha256"]),
-    ) as writer:
-        merged = 0  # rows of the shards before this one
-        for shard in shards:
-            with h5py.File(shard.path, "r") as f:
-                if f.attrs["resume_key"] != shard.key:
-                    raise ConfigError(
-                        f"shard {shard.path} was extracted with config hash {f.attrs['resume_key'].split(':')[0]}, "
-                        f"not {shard.config_hash} as here: do the workers load the same backbone and weights?"
-                    )
-                rows = int(f.attrs["n_rows"])
-                if writer.position < shard.stop:
-                    first = writer.rows - merged  # the shard's rows already in the file (a continued merge)
-                    skipped = list(zip(f["skipped/path"].asstr()[()], f["skipped/reason"].asstr()[()]))
-                    skipped = skipped[writer.position - shard.start - first :]  # those before the position are in
-                    for start in range(first, rows, piece) if first < rows else [rows]:
-                        stop = min(start + piece, rows)
-                        writer.write(
-                            shard.stop if stop == rows else None,
-                            {name: f["features"][name][start:stop] for name in layers},
-                            f["paths"].asstr()[start:stop],
-                            f["labels"][start:stop],
-                            f["split"].asstr()[start:stop],
-                            skipped=skipped if stop == rows else (),
-                        )
-                merged += rows
-        return writer.skipped()
-
-
 def extract_on_cluster(
-    features: FeatureModel, config: ExtractConfig, compute: accelerate.Compute, manifest: Manifest, out: str | Path
-) -> list[tuple[str, str]]:
-    """Extract ``manifest`` on ``config.cluster`` in shards of ``config.shard_size`` images, then merge them into
-    ``out``; return the skipped (path, reason) files.
+    features: FeatureModel, config: ExtractConfig, compute: accelerate.Compute, manifest: Manifest, out: str | Path,
+    reuse: Reuse,
+) -> Extracted:
+    """Extract the images of ``manifest`` that ``reuse`` lacks on ``config.cluster``, in shards of
+    ``config.shard_size`` images, then write ``out`` in manifest order from the shards and the reused rows.
 
-    The provenance is computed here, as single-process extraction computes it, so the file is the same. Shard files
-    stay in ``shard_folder(out)`` until merged: after a failure, or a cluster that died, the same command extracts
-    only the shards that are missing. Workers run ``compute`` as resolved here and must see the same paths.
+    The shards join ``reuse`` as sources, so the file is written exactly as single-process extraction writes it
+    (same provenance, same rows). Shard files stay in ``shard_folder(out)`` until ``out`` is complete: after a
+    failure, or a cluster that died, the same command extracts only the shards that are missing. Workers run
+    ``compute`` as resolved here and must see the same paths.
     """
     attrs = provenance(config, features.backbone, manifest, compute)
-    folder = shard_folder(out)
-    shards = plan_shards(manifest, config.shard_size, compute.batch_size, folder, attrs["config_hash"])
-    with dask_client(config.cluster) as client:
-        runs = run_shards(client, shards, config, compute)
-    extracted = [run for run in runs if run.extracted]
-    log.info(
-        "%d of %d shards extracted, %d reused from an earlier run; the model was loaded %d times in %d worker "
-        "processes",
-        len(extracted), len(shards), len(runs) - len(extracted), sum(run.loaded for run in runs),
-        len({run.worker for run in extracted}),
-    )
+    missing = [i for i, hit in enumerate(reuse.plan(manifest, config.augment_views > 0)) if hit is None]
+    folder, computed = shard_folder(out), 0
+    if missing:
+        shards = plan_shards(manifest.take(missing), config.shard_size, compute.batch_size, folder, attrs["config_hash"])
+        with dask_client(config.cluster) as client:
+            runs = run_shards(client, shards, config, compute)
+        extracted = [run for run in runs if run.extracted]
+        computed = sum(run.computed for run in runs)
+        log.info(
+            "%d of %d shards extracted, %d reused from an earlier run; the model was loaded %d times in %d worker "
+            "processes",
+            len(extracted), len(shards), len(runs) - len(extracted), sum(run.loaded for run in runs),
+            len({run.worker for run in extracted}),
+        )
+        for shard in shards:
+            if not reuse.add(shard.path, attrs):
+                raise ConfigError(
+                    f"shard {shard.path} was not extracted with config hash {shard.config_hash} as here: do the "
+                    "workers load the same backbone and weights, with the same library versions?"
+                )
     started = time.perf_counter()
-    skipped = merge_shards(shards, out, attrs, features.layers, config.compression)
-    log.info("merged %d shards into %s in %.2f s", len(shards), out, time.perf_counter() - started)
-    shutil.rmtree(folder)
-    return skipped
+    result = write_features(features, config, compute, manifest, out, reuse)
+    log.info("wrote %s from the shards and reused rows in %.2f s", out, time.perf_counter() - started)
+    shutil.rmtree(folder, ignore_errors=True)
+    return Extracted(result.path, result.skipped, computed + result.computed, len(manifest) - len(missing))

@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 SPLIT_PIECE = 1 << 16  # rows of the split column read at a time
 STRING = h5py.string_dtype()
+SHA256 = "S64"  # a row's image content hash, hex
+COPY_PIECE_BYTES = 64 << 20  # rows copied between features files (merge, reuse) this many bytes at a time
+
+
+def row_nbytes(layers: Mapping[str, tuple[tuple[int, ...], str]]) -> int:
+    """Bytes of one row across ``layers`` (name -> (row shape, dtype))."""
+    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layers.values())
 
 
 def rows_per_chunk(row_shape: Sequence[int], dtype: str, target_bytes: int = CHUNK_BYTES) -> int:
@@ -32,7 +39,9 @@ def rows_per_chunk(row_shape: Sequence[int], dtype: str, target_bytes: int = CHU
 class FeatureWriter:
     """Write a features file at a temporary path beside ``path``, resumably; rename it into place when complete.
 
-    Rows are written in manifest order, skipping images that could not be decoded. After every batch the data,
+    Rows are written in manifest order, skipping images that could not be decoded; ``/sha256`` holds each row's
+    image content hash. With ``views`` K, ``/views/<layer>`` holds K augmented views per row, row-aligned to
+    ``/features/<layer>`` (rows written without views, those outside the train split, stay NaN). After every batch the data,
     then the ``/progress`` dataset ``[manifest position, rows written]`` are written and the file is flushed, so
     a process killed at any point leaves a temporary file that a new writer with the same ``resume_key`` (the
     config hash and the manifest hash) continues from. A different key discards the old work, with a log line.
@@ -51,6 +60,7 @@ class FeatureWriter:
         attrs: Mapping[str, Any],
         resume_key: str,
         compression: str | None = None,
+        views: int = 0,
     ):
         self.path = Path(path)
         self.tmp = temporary_sibling(self.path)
@@ -61,7 +71,7 @@ class FeatureWriter:
         if self.file is None:
             self.file = h5py.File(self.tmp, "w")
             try:
-                self._create(capacity, layers, attrs, resume_key, compression)
+                self._create(capacity, layers, attrs, resume_key, compression, views)
             except BaseException:
                 self.file.close()
                 self.tmp.unlink(missing_ok=True)
@@ -87,7 +97,7 @@ class FeatureWriter:
         self.tmp.unlink()
         return None
 
-    def _create(self, capacity, layers, attrs, resume_key, compression) -> None:
+    def _create(self, capacity, layers, attrs, resume_key, compression, views) -> None:
         f = self.file
         structured = [key for key, value in attrs.items() if isinstance(value, (dict, list, tuple))]
         for key, value in attrs.items():
@@ -96,7 +106,7 @@ class FeatureWriter:
         f.attrs["resume_key"] = resume_key
         f.attrs["complete"] = False
 
-        def create(name, row_shape, dtype, chunk_rows):
+        def create(name, row_shape, dtype, chunk_rows, fillvalue=None):
             dcpl = None
             if compression is None:
                 dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -104,13 +114,18 @@ class FeatureWriter:
             f.create_dataset(
                 name, shape=(capacity, *row_shape), maxshape=(None, *row_shape), dtype=dtype,
                 chunks=(min(chunk_rows, capacity), *row_shape), compression=compression, dcpl=dcpl, track_times=False,
+                fillvalue=fillvalue,
             )
 
         create("paths", (), STRING, 4096)
         create("labels", (), np.int64, 4096)
         create("split", (), STRING, 4096)
+        create("sha256", (), SHA256, 4096)
         for name, (row_shape, dtype) in layers.items():
             create(f"features/{name}", row_shape, dtype, rows_per_chunk(row_shape, dtype))
+            if views:
+                shape = (views, *row_shape)
+                create(f"views/{name}", shape, dtype, rows_per_chunk(shape, dtype), fillvalue=np.nan)
         for name in ("skipped/path", "skipped/reason"):
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=STRING, chunks=(256,), track_times=False)
         f.create_dataset("progress", data=np.zeros(2, dtype=np.int64), track_times=False)
@@ -124,8 +139,13 @@ class FeatureWriter:
         labels: np.ndarray,
         splits: Sequence[str],
         skipped: Sequence[tuple[str, str]] = (),
+        hashes: Sequence[str] | None = None,
+        views: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Append one batch of rows, record skipped files, then mark ``position`` images as done, durably.
+
+        ``hashes``: the rows' image content hashes (None: unknown, empty). ``views``: per layer, the rows' views
+        ``(rows, K, ...)`` (NaN rows where none were made); required when the file was created with views.
 
         ``position`` None appends without marking: the rows count once a later write marks a position (a resumed
         writer overwrites them), so a batch can be written in pieces; pass its ``skipped`` with the marking write.
@@ -138,6 +158,12 @@ class FeatureWriter:
             f["paths"][start:stop] = np.asarray(paths, dtype=object)
             f["labels"][start:stop] = labels
             f["split"][start:stop] = np.asarray(splits, dtype=object)
+            if hashes is not None:
+                f["sha256"][start:stop] = np.asarray(hashes, dtype=SHA256)
+            if "views" in f:
+                for name in f["views"]:
+                    dataset = f["views"][name]
+                    dataset[start:stop] = views[name].astype(dataset.dtype, copy=False)
         if skipped:
             done = f["skipped/path"].shape[0]
             for name, column in zip(("path", "reason"), zip(*skipped)):
@@ -181,7 +207,8 @@ class FeatureWriter:
             log.info("partial work kept in %s; the same command resumes it", self.tmp)
             return
         f = self.file
-        for name in ("paths", "labels", "split", *(f"features/{layer}" for layer in f["features"])):
+        views = [f"views/{layer}" for layer in f.get("views", ())]
+        for name in ("paths", "labels", "split", "sha256", *(f"features/{layer}" for layer in f["features"]), *views):
             f[name].resize(self.rows, axis=0)
         self._write_split_codes()
         f.attrs["n_rows"] = self.rows
@@ -243,6 +270,25 @@ def load_layers(path: str | Path, layers: Sequence[str], split: str | None) -> S
     with open_features(path) as f:
         datasets, _, dtype = _layout(f, layers)
         return _read_block(datasets, f["labels"], dtype, _indices(selected_rows(f, split)), None)
+
+
+def load_views(path: str | Path, layers: Sequence[str], split: str = "train") -> Split:
+    """The augmented views of one split's rows, laid out as ``load_layers`` lays out clean rows: ``(K * rows,
+    width)``, view 0 of every row first, then view 1, ..., with the labels repeated K times."""
+    with open_features(path) as f:
+        if "views" not in f:
+            raise ConfigError(f"{path} has no augmented views: extract it with extract.augment_views above 0")
+        for layer in layers:
+            check_one_of("layer", layer, list(f["views"]))
+        datasets = [f["views"][layer] for layer in layers]
+        block = _read_block(datasets, f["labels"], np.result_type(*(dataset.dtype for dataset in datasets)), _indices(selected_rows(f, split)), None)
+    views, rows = datasets[0].shape[1], len(block.y)
+    edges = np.cumsum([_width(dataset) for dataset in datasets])[:-1]
+    parts = [part.reshape(rows, views, -1) for part in np.split(block.X, edges, axis=1)]
+    X = np.concatenate(parts, axis=2).transpose(1, 0, 2).reshape(views * rows, -1)
+    if np.isnan(X).any():
+        raise ConfigError(f"{path}: rows of the {split} split have no views (views are made for the train split only)")
+    return Split(X=X, y=np.tile(block.y, views))
 
 
 def feature_shape(path: str | Path, layer: str) -> tuple[int, ...]:

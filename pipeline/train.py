@@ -21,9 +21,9 @@ from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
 from pipeline.evaluate import predictions
 from pipeline.models import save_model
-from pipeline.store import Split, feature_shape, load_layers, read_attrs, split_nbytes
+from pipeline.store import Split, feature_shape, load_layers, load_views, read_attrs, split_nbytes
 from pipeline.stream import check_streaming, fit_out_of_core
-from pipeline.validation import check_one_of, format_bytes
+from pipeline.validation import ConfigError, check_one_of, format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,28 @@ def fit(estimator, train: Split, val: Split):
     return estimator
 
 
-def search(estimator, config: ClassifierConfig, train: Split, cluster: str | None):
-    """Cross-validated search on the train split (on ``cluster`` when given); returns the refitted best and a record."""
+def training_rows(features: str | Path, config: ClassifierConfig) -> tuple[Split, np.ndarray | None]:
+    """The train split's rows, followed with ``augmented`` by every stored view of them (labels repeated), and the
+    image each row comes from (None without views): the groups that keep an image's views in one CV fold."""
+    train = load_layers(features, config.layers, "train")
+    if not config.augmented:
+        return train, None
+    try:
+        views = load_views(features, config.layers, "train")
+    except ConfigError as error:
+        raise ConfigError(f"classifiers.{config.name}.augmented is true, but {error}") from error
+    copies = 1 + len(views.y) // max(1, len(train.y))
+    log.info("%s: %d train rows and %d augmented views of them", config.name, len(train.y), len(views.y))
+    groups = np.tile(np.arange(len(train.y)), copies)
+    return Split(np.concatenate([train.X, views.X]), np.concatenate([train.y, views.y])), groups
+
+
+def search(estimator, config: ClassifierConfig, train: Split, cluster: str | None, groups: np.ndarray | None = None):
+    """Cross-validated search on the train split (on ``cluster`` when given; folds by ``groups`` when given);
+    returns the refitted best and a record."""
     searcher = build_search(estimator, config)
     with joblib_backend(cluster):
-        searcher.fit(train.X, train.y)
+        searcher.fit(train.X, train.y, groups=groups)
     prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
     best = {key.removeprefix(prefix): value for key, value in searcher.best_params_.items()}
     record = {
@@ -130,15 +147,20 @@ def train_classifier(
     started = time.perf_counter()
     searched = None
     if reason is not None:
+        if config.augmented:
+            raise ConfigError(
+                f"classifiers.{config.name}.augmented trains in memory only, and this classifier trains out of core "
+                f"({reason}): set augmented: false, or out_of_core: false with a larger train.memory_budget"
+            )
         check_streaming(config, reason)
         estimator = fit_out_of_core(
             estimator, features, config.layers, classes=np.arange(len(attrs["class_names"])), chunk_bytes=chunk_size,
             passes=config.passes,
         )
     else:
-        train = load_layers(features, config.layers, "train")
+        train, groups = training_rows(features, config)
         if config.search is not None:
-            estimator, searched = search(estimator, config, train, cluster)
+            estimator, searched = search(estimator, config, train, cluster, groups)
         else:
             fit(estimator, train, load_layers(features, config.layers, "val"))
         del train
@@ -156,6 +178,7 @@ def train_classifier(
         "pool": config.pool,
         "pca": config.pca,
         "out_of_core": reason,
+        "augmented": config.augmented,
         "class_names": attrs["class_names"],
         "features_file": str(features),
         "features": {key: attrs[key] for key in FEATURE_KEYS},

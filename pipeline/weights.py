@@ -45,14 +45,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bottleneck-pipeline"
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def mobilenet_v1_imagenet() -> Path:
     """Path of the converted MobileNet V1 ImageNet weights, fetching and converting them on first use."""
     path = cache_dir() / CONVERTED_NAME

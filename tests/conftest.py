@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -9,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from pipeline.config import ExtractConfig, PrepareConfig
+from pipeline.config import AugmentConfig, ExtractConfig, PrepareConfig
 from pipeline.dataset import read_split_folders
 from pipeline.extract import extract_features
 from pipeline.prepare import prepare_digits
@@ -55,7 +56,7 @@ def mobilenet(extract_config):
 @pytest.fixture(scope="session")
 def features_file(tmp_path_factory, manifest, extract_config):
     """A complete features file extracted from the digits by the real pipeline."""
-    return extract_features(manifest, extract_config, tmp_path_factory.mktemp("features") / "features.h5")
+    return extract_features(manifest, extract_config, tmp_path_factory.mktemp("features") / "features.h5").path
 
 
 @pytest.fixture(scope="module", params=["interleaved", "grouped"])
@@ -72,3 +73,10 @@ def interleaved(tmp_path_factory):
     """1200 synthetic rows with the splits in random order."""
     splits = np.random.default_rng(2).choice(["train", "val", "test"], N_ROWS, p=[0.7, 0.15, 0.15])
     return write_features(tmp_path_factory.mktemp("interleaved") / "features.h5", splits)
+
+
+@pytest.fixture(scope="session")
+def views_file(tmp_path_factory, manifest, extract_config):
+    """The digits' features with 2 seeded augmented views of each train image."""
+    config = dataclasses.replace(extract_config, augment_views=2, augment=AugmentConfig(rotation=15, crop=0.8, seed=5))
+    return extract_features(manifest, config, tmp_path_factory.mktemp("views") / "features.h5").path

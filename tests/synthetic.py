@@ -1,9 +1,11 @@
-"""Synthetic features files for the reader and out-of-core tests: real HDF5 written by FeatureWriter, batch by batch."""
+"""Synthetic features files for the reader and out-of-core tests (real HDF5 written by FeatureWriter, batch by
+batch), and a comparison of whole features files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline.store import FeatureWriter
@@ -34,3 +36,32 @@ def write_features(path: Path, splits: np.ndarray, width: int = WIDE, seed: int 
             paths = [f"images/{i}.png" for i in range(start, rows.stop)]
             writer.write(rows.stop, {"wide": wide, "maps": maps}, paths, LABELS[k], splits[rows].tolist())
     return path
+
+
+def contents(path) -> dict:
+    """Every attribute, every dataset's values and layout (dtype, chunks, maxshape, compression), by name."""
+    items = {}
+
+    def add(name, obj):
+        items.update({f"{name}@{key}": value for key, value in obj.attrs.items()})
+        if isinstance(obj, h5py.Dataset):
+            items[name] = obj[()]
+            items[f"{name}#layout"] = repr((obj.dtype, obj.chunks, obj.maxshape, obj.compression))
+
+    with h5py.File(path, "r") as f:
+        add("", f)
+        f.visititems(add)
+    return items
+
+
+def assert_same_contents(actual: dict, expected: dict, float_rtol: float = 0.0) -> None:
+    """The same names, and bit-identical values (NaN equal to NaN) of the same dtype and shape; with ``float_rtol``
+    the backbone's float outputs (``features/`` and ``views/``, raw pixels excepted) may differ by that much."""
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        if float_rtol and name.startswith(("features/", "views/")) and "pixels" not in name and "@" not in name \
+                and "#" not in name:
+            assert actual[name].dtype == value.dtype and actual[name].shape == value.shape, name
+            np.testing.assert_allclose(actual[name], value, rtol=float_rtol, atol=float_rtol, err_msg=name)
+        else:
+            np.testing.assert_array_equal(actual[name], value, err_msg=name, strict=True)

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.backbone import load_backbone, weights_fingerprint
 from pipeline.validation import ConfigError
-from pipeline.weights import SOURCE, WeightsError, file_sha256
+from pipeline.hashing import file_sha256
+from pipeline.weights import SOURCE, WeightsError
 
 SMALL = (64, 64)
 

@@ -22,7 +22,7 @@ from pipeline.config import (
 from pipeline.validation import ConfigError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-CLASSIFIER_KEYS = "['estimator', 'out_of_core', 'params', 'passes', 'pca', 'pool', 'scale', 'search']"
+CLASSIFIER_KEYS = "['augmented', 'estimator', 'out_of_core', 'params', 'passes', 'pca', 'pool', 'scale', 'search']"
 
 
 def extract(**overrides):
@@ -188,8 +188,9 @@ def test_extract_section_pooling_default_is_checked_for_each_layer():
 
 def test_extract_unknown_key_lists_the_allowed_keys():
     allowed = (
-        "['backbone', 'batch_size', 'cluster', 'compression', 'dtype', 'input_size', 'interpolation', 'layers', "
-        "'mixed_precision', 'on_error', 'pixels', 'pooling', 'preprocessing', 'shard_size', 'split', 'weights', 'xla']"
+        "['augment', 'augment_views', 'backbone', 'batch_size', 'cluster', 'compression', 'dtype', 'input_size', "
+        "'interpolation', 'layers', 'mixed_precision', 'on_error', 'pixels', 'pooling', 'preprocessing', 'reuse', "
+        "'shard_size', 'split', 'weights', 'xla']"
     )
     with pytest.raises(ConfigError) as error:
         ExtractConfig.from_params(extract(batchsize=8))
@@ -336,7 +337,7 @@ def test_classifier_config_requires_an_estimator():
         (None, "classifiers must be a mapping. Received: classifiers=None"),
         ({"x": None}, "classifiers.x must be a mapping. Received: classifiers.x=None"),
         ({"x": {"estimator": "e", "params": [1]}}, "classifiers.x.params must be a mapping. Received: classifiers.x.params=[1]"),
-        ({"x": {"estimator": "e", "scale": "yes"}}, "classifiers.x.scale must be true or false. Received: 'yes'"),
+        ({"x": {"estimator": "e", "scale": "yes"}}, "classifiers.x.scale must be true or false. Received: scale='yes'"),
     ],
 )
 def test_classifier_config_bad_shapes_are_refused(classifiers, message):
@@ -430,3 +431,139 @@ def test_pixels_is_reserved_for_the_raw_pixel_baseline():
         ExtractConfig.from_params(extract(layers=["pixels"]))
     with pytest.raises(ConfigError, match=re.escape("extract.pixels must be an integer >= 1. Received: extract.pixels=0")):
         ExtractConfig.from_params(extract(pixels=0))
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ({"flip": "sideways"}, "extract.augment.flip must be one of ['both', 'horizontal', 'none', 'vertical']"),
+        ({"rotation": 200}, "extract.augment.rotation must be a number of degrees in [0, 180]. Received: rotation=200"),
+        ({"crop": 0}, "extract.augment.crop must be the smallest kept fraction of a side, in (0, 1]. Received: crop=0"),
+        ({"seed": "x"}, "extract.augment.seed must be an integer"),
+        ({"zoom": 2}, "unknown key extract.augment.zoom"),
+    ],
+)
+def test_augment_settings_are_validated_naming_the_key(augment, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExtractConfig.from_params(extract(augment_views=1, augment=augment))
+
+
+def test_views_change_the_config_hash_and_augment_settings_only_with_views():
+    plain = ExtractConfig.from_params(extract())
+    views = ExtractConfig.from_params(extract(augment_views=2))
+    rotated = ExtractConfig.from_params(extract(augment_views=2, augment={"rotation": 20}))
+    idle = ExtractConfig.from_params(extract(augment={"rotation": 20}))  # settings without views decide nothing
+    hashes = [config_hash(c.feature_identity()) for c in (plain, views, rotated, idle)]
+    assert hashes[0] == hashes[3] and len({*hashes[:3]}) == 3
+    assert ExtractConfig.from_params(rotated.to_params()) == rotated
+    with pytest.raises(ConfigError, match=re.escape("extract.augment_views must be an integer >= 0")):
+        ExtractConfig.from_params(extract(augment_views=-1))
+    assert "reuse" not in plain.feature_identity()
+    with pytest.raises(ConfigError, match=re.escape("extract.reuse must be an integer >= 0")):
+        ExtractConfig.from_params(extract(reuse=-1))
+
+
+def test_augmented_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=re.escape("classifiers.c.augmented must be true or false. Received: augmented='yes'")):
+        ClassifierConfig.from_params({"c": {"estimator": "sgd", "augmented": "yes"}}, "c", "x")
+
+
+# --- finetune --------------------------------------------------------------------------------------------------------
+
+FINETUNE = {"head": "dense_head", "layer": "conv_pw_13_relu", "trainable_from": "conv_dw_13"}
+
+
+def test_repo_params_finetune_entries_fit_the_other_sections():
+    from pipeline.config import FinetuneConfig
+
+    params = load_params(REPO_PARAMS)
+    entries = FinetuneConfig.all_from_params(params["finetune"])
+    assert entries, "the default params fine-tune one entry"
+    train, extract_config = TrainConfig.from_params(params["train"]), ExtractConfig.from_params(params["extract"])
+    for config in entries.values():
+        config.check_params(params["classifiers"], train, extract_config)
+        assert config.learning_rate <= 1e-4 and config.augment is not None
+    assert FinetuneConfig.all_from_params({}) == {} and FinetuneConfig.all_from_params(None) == {}
+
+
+def test_finetune_entry_defaults_and_augment():
+    from pipeline.config import AugmentConfig, FinetuneConfig
+
+    config = FinetuneConfig.from_params({"top": {**FINETUNE, "augment": {"flip": "horizontal"}}}, "top")
+    assert (config.learning_rate, config.epochs, config.batch_size, config.patience) == (1e-5, 3, 32, 2)
+    assert config.augment == AugmentConfig(flip="horizontal")
+    assert FinetuneConfig.from_params({"top": {**FINETUNE, "augment": None}}, "top").augment is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({**FINETUNE, "trainable_layers": 6},
+         "finetune.top must set exactly one of trainable_from (the first trainable layer's name) and trainable_layers"),
+        ({"head": "dense_head", "layer": "conv_pw_13_relu"}, "finetune.top must set exactly one of trainable_from"),
+        ({**FINETUNE, "trainable_from": None, "trainable_layers": 0},
+         "finetune.top.trainable_layers must be an integer >= 1. Received: finetune.top.trainable_layers=0"),
+        ({**FINETUNE, "learning_rate": "1e-5"},
+         "finetune.top.learning_rate must be a number in (0, 1) (YAML reads a number like 1e-5 without a decimal "
+         "point as a string: write 1.0e-5). Received: learning_rate='1e-5'"),
+        ({**FINETUNE, "learning_rate": 0}, "finetune.top.learning_rate must be a number in (0, 1). Received: learning_rate=0"),
+        ({**FINETUNE, "epochs": 0}, "finetune.top.epochs must be an integer >= 1. Received: finetune.top.epochs=0"),
+        ({**FINETUNE, "batch_size": 2.5}, "finetune.top.batch_size must be an integer >= 1"),
+        ({**FINETUNE, "patience": -1}, "finetune.top.patience must be an integer >= 0"),
+        ({**FINETUNE, "augment": {"flip": "sideways"}},
+         "finetune.top.augment.flip must be one of ['both', 'horizontal', 'none', 'vertical']. "
+         "Received: finetune.top.augment.flip='sideways'"),
+        ({**FINETUNE, "augment": {"zoom": 2}}, "unknown key finetune.top.augment.zoom"),
+        ({**FINETUNE, "layer": "pixels"}, "finetune.top.layer must be one backbone layer"),
+        ({**FINETUNE, "layer": "a+b"}, "finetune.top.layer must be one backbone layer"),
+        ({**FINETUNE, "lr": 0.1}, "unknown key finetune.top.lr. Keys of finetune.top must be one of"),
+        ({"layer": "conv_pw_13_relu", "trainable_layers": 2}, "finetune.top is missing required key(s) ['head']"),
+    ],
+)
+def test_finetune_entry_errors_name_the_key(entry, message):
+    from pipeline.config import FinetuneConfig
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        FinetuneConfig.from_params({"top": entry}, "top")
+
+
+def test_finetune_section_must_be_a_mapping_of_named_entries():
+    from pipeline.config import FinetuneConfig
+
+    with pytest.raises(ConfigError, match=re.escape("finetune must be a mapping. Received: finetune=['top']")):
+        FinetuneConfig.all_from_params(["top"])
+    with pytest.raises(ConfigError, match=re.escape("finetune entry must be one of ['top']. Received: finetune entry='x'")):
+        FinetuneConfig.from_params({"top": FINETUNE}, "x")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"head": "svm"}, "finetune.top.head must be one of ['dense_head', 'logreg', 'pca_head']. "
+                          "Received: finetune.top.head='svm'"),
+        ({"head": "logreg"}, "finetune.top.head must name a classifiers entry with estimator keras_head (its Keras "
+                             "layers are what fine-tuning continues training). Received: head='logreg', whose "
+                             "estimator is 'logistic_regression'"),
+        ({"head": "pca_head"}, "finetune.top.head 'pca_head' sets classifiers.pca_head.pca: fine-tuning needs a head "
+                               "trained on the layer's features as extracted (no pool or pca step before it). "
+                               "Received: pca=16"),
+        ({"layer": "conv_pw_7_relu"}, "finetune.top.layer must be one of ['conv_pw_13_relu']. "
+                                      "Received: finetune.top.layer='conv_pw_7_relu'"),
+    ],
+)
+def test_finetune_entry_is_checked_against_the_other_sections(change, message):
+    from pipeline.config import FinetuneConfig
+
+    classifiers = {
+        "dense_head": {"estimator": "keras_head"}, "logreg": {"estimator": "logistic_regression"},
+        "pca_head": {"estimator": "keras_head", "pca": 16},
+    }
+    train = TrainConfig.from_params({"layers": ["pixels", "conv_pw_13_relu"]})  # conv_pw_7_relu: extracted, untrained
+    extract_config = ExtractConfig.from_params(extract(layers=["conv_pw_7_relu", "conv_pw_13_relu"], pixels=8))
+    config = FinetuneConfig.from_params({"top": {**FINETUNE, **change}}, "top")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.check_params(classifiers, train, extract_config)
+    with pytest.raises(ConfigError, match=re.escape("classifiers.finetune would share data/models/finetune")):
+        FinetuneConfig.from_params({"top": FINETUNE}, "top").check_params(
+            {**classifiers, "finetune": {"estimator": "sgd"}}, train, extract_config
+        )

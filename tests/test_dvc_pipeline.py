@@ -6,18 +6,21 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSIFIERS = ["logreg", "linear_svm", "sgd_stream", "dense_head"]
-LAYERS = ["pixels", "conv_pw_7_relu"]  # the test's matrix: 4 classifiers x 2 layers
+CLASSIFIERS = ["logreg", "linear_svm", "linear_svm_aug", "sgd_stream", "dense_head"]
+LAYERS = ["pixels", "conv_pw_7_relu"]  # the test's matrix: 5 classifiers x 2 layers
+FINETUNED = "finetune/mobilenet_top"  # the default fine-tuning entry, moved to conv_pw_7_relu (in the matrix)
 RUNS = [f"{c}/{layer}" for c in CLASSIFIERS for layer in LAYERS]
 
 
@@ -40,33 +43,49 @@ def edit_params(repo: Path, edit) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def copy_project(dest: Path, edit) -> Path:
+    """A new git repository at ``dest`` holding the project's files as they are in the working tree (tracked ones and
+    new ones git does not ignore: what `git add -A` would commit), with params.yaml changed by ``edit``, committed."""
+    listed = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(listed, cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in files:
+        if name and (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    edit_params(dest, edit)
+    run(["git", "init", "-q"], dest)
+    run([*GIT, "add", "-A"], dest)
+    run([*GIT, "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def tiny_data(params):
+    """100 digits at 16x16, features at 64x64."""
+    params["prepare"].update(image_size=16, per_class_limit=10)
+    params["extract"].update(input_size=[64, 64], batch_size=32)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A git + DVC copy of the committed project files, shrunk to 100 images at 64x64 and a 4 x 2 matrix, after one
-    `dvc repro`."""
-    copy = tmp_path_factory.mktemp("clone") / "repo"
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
+    """A git + DVC copy of the committed project files, shrunk to 100 images at 64x64, a 5 x 2 matrix and one epoch
+    of fine-tuning, after one `dvc repro`."""
 
     def shrink(params):
-        params["prepare"].update(image_size=16, per_class_limit=10)
-        params["extract"].update(input_size=[64, 64], batch_size=32, layers=["conv_pw_7_relu", "conv_pw_13_relu"])
+        tiny_data(params)
+        params["extract"]["layers"] = ["conv_pw_7_relu", "conv_pw_13_relu"]
         params["train"]["layers"] = LAYERS
         params["classifiers"]["dense_head"]["params"].update(epochs=5)
         params["classifiers"]["sgd_stream"].update(passes=3)
+        params["finetune"]["mobilenet_top"].update(layer="conv_pw_7_relu", trainable_from="conv_dw_7", epochs=1)
 
-    edit_params(copy, shrink)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    run(["git", "init", "-q"], copy)
-    run([*git, "add", "-A"], copy)
-    run([*git, "commit", "-qm", "copy"], copy)
+    copy = copy_project(tmp_path_factory.mktemp("clone") / "repo", shrink)
     dvc("repro", cwd=copy)
     return copy
 
@@ -89,8 +108,8 @@ def test_repro_writes_the_features_file_layout(repo):
 def test_metrics_for_every_classifier_and_layer(repo):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
     metrics = next(iter(shown.values()))["data"]
-    assert sorted(metrics) == sorted(f"data/eval/{run}/metrics.json" for run in RUNS)
-    for run_name in RUNS:
+    assert sorted(metrics) == sorted(f"data/eval/{run}/metrics.json" for run in [*RUNS, FINETUNED])
+    for run_name in [*RUNS, FINETUNED]:
         values = metrics[f"data/eval/{run_name}/metrics.json"]["data"]
         assert 0.0 <= values["accuracy"] <= 1.0 and values["n"] == 15
         assert values["fit_seconds"] > 0 and values["predict_seconds"] > 0 and 0 <= values["val_accuracy"] <= 1
@@ -105,7 +124,8 @@ def test_metrics_for_every_classifier_and_layer(repo):
 def test_leaderboard_ranks_every_classifier_and_layer(repo):
     with (repo / "data" / "leaderboard" / "leaderboard.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted(f"{r['classifier']}/{r['layer']}" for r in rows) == sorted(RUNS)
+    expected = [*RUNS, "mobilenet_top (fine-tuned)/conv_pw_7_relu"]
+    assert sorted(f"{r['classifier']}/{r['layer']}" for r in rows) == sorted(expected)
     accuracies = [float(r["accuracy"]) for r in rows]
     assert accuracies == sorted(accuracies, reverse=True)
     markdown = (repo / "data" / "leaderboard" / "leaderboard.md").read_text()
@@ -118,7 +138,7 @@ def test_plots_render_for_every_classifier_and_layer(repo, tmp_path):
     shown = json.loads(dvc("plots", "show", "--json", "-o", str(tmp_path), cwd=repo))
     assert "errors" not in shown, shown["errors"]
     plots = shown["data"]
-    for run_name in RUNS:
+    for run_name in [*RUNS, FINETUNED]:
         [confusion] = plots[f"data/eval/{run_name}/confusion.json"]
         assert confusion["type"] == "vega" and len(confusion["content"]["data"]["values"]) == 15
         [image] = plots[f"data/eval/{run_name}/confusion.png"]
@@ -136,7 +156,7 @@ def test_plots_render_for_every_classifier_and_layer(repo, tmp_path):
     assert {"calculate": "datum['val_loss']", "as": "validation"} in curve["content"]["transform"]
     assert plots["data/eval/logreg/pixels/learning_curve.json"] == plots["data/eval/linear_svm/pixels/learning_curve.json"] == []
     [board] = plots["data/leaderboard/leaderboard.json"]
-    assert board["type"] == "vega" and len(board["content"]["data"]["values"]) == len(RUNS)
+    assert board["type"] == "vega" and len(board["content"]["data"]["values"]) == len(RUNS) + 1
     assert board["content"]["encoding"]["x"]["field"] == "accuracy"
     [heat] = plots["data/leaderboard/leaderboard.png"]
     assert Path(heat["url"]).read_bytes()[:4] == b"\x89PNG"
@@ -180,6 +200,126 @@ def test_adding_an_extracted_layer_to_the_matrix_skips_extraction(repo):
     log = dvc("repro", cwd=repo)
     assert "Stage 'extract' didn't change, skipping" in log
     assert "Running stage 'train@logreg-conv_pw_7_relu+conv_pw_13_relu'" in log
-    assert log.count("Running stage") == 2 * 5 + 1  # five classifiers (knn added above) on the new entry
+    assert log.count("Running stage") == 2 * 6 + 1  # six classifiers (knn added above) on the new entry
     model = json.loads((repo / "data" / "models" / "logreg" / "conv_pw_7_relu+conv_pw_13_relu" / "model.json").read_text())
     assert model["layers"] == ["conv_pw_7_relu", "conv_pw_13_relu"]
+
+
+def test_new_images_go_through_the_model_alone_although_dvc_deletes_the_output(repo):
+    # DVC removes data/features.h5 before it runs extract; the rows come from data/.features.h5.reuse. (Last of the
+    # tests on this repository: its images no longer match the prepare stage afterwards.)
+    folder = repo / "data" / "images" / "train" / "3"
+    for index, source in enumerate(sorted(folder.iterdir())[:2]):
+        shutil.copy(source, folder / f"added_{index}.png")
+        with (folder / f"added_{index}.png").open("ab") as f:
+            f.write(b"\0")  # new bytes (a new content hash), the same decoded image
+    log = dvc("repro", "-s", "extract", cwd=repo)
+    assert "Running stage 'extract'" in log
+    assert "100 rows reused from earlier extractions, 2 images computed" in log
+    with h5py.File(repo / "data" / "features.h5", "r") as f:
+        assert f.attrs["n_rows"] == 102
+
+
+# Sharing through a DVC remote (README, "Share features and models with your team"): Alice runs the pipeline and
+# pushes to a local-directory remote; a teammate's fresh `git clone` pulls and trains without running the CNN.
+TEAM_LAYER = "conv_pw_7_relu"
+TEAM_CLASSIFIERS = ["linear_svm", "sgd_stream"]  # the team's tiny matrix: 2 classifiers x 1 layer
+TRIED_C = 0.1  # a linear_svm C that Alice ran and pushed, then went back from: only the run-cache records it
+NEW_C = 1.0  # a linear_svm C nobody has run
+
+
+class Team(NamedTuple):
+    alice: Path  # her clone: committed dvc.lock and .dvc/config (remote "team" as default), outputs pushed
+    remote: Path  # the DVC remote, a plain directory
+    tried: str  # sha256 of the model.json Alice trained with C=TRIED_C (it records fit_seconds: a re-run differs)
+
+
+def set_svm_c(repo: Path, value: float) -> None:
+    edit_params(repo, lambda p: p["classifiers"]["linear_svm"]["params"].update(C=value))
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def stages_run(log: str) -> list[str]:
+    return sorted(re.findall(r"Running stage '([^']+)'", log))
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """Alice's clone after `dvc repro` and `dvc push --run-cache` to a local-directory remote, everything committed.
+
+    She first ran and pushed linear_svm with C=TRIED_C, then went on to the committed C: dvc.lock records only the
+    latter, the earlier run is in the run-cache (and its outputs on the remote)."""
+    root = tmp_path_factory.mktemp("team")
+    remote = root / "remote"
+    committed_c = yaml.safe_load((REPO / "params.yaml").read_text())["classifiers"]["linear_svm"]["params"]["C"]
+    assert committed_c not in (TRIED_C, NEW_C)
+
+    def tiny_matrix(params):
+        tiny_data(params)
+        params["extract"]["layers"] = [TEAM_LAYER]
+        params["train"]["layers"] = [TEAM_LAYER]
+        params["classifiers"] = {name: params["classifiers"][name] for name in TEAM_CLASSIFIERS}
+        params["classifiers"]["sgd_stream"].update(passes=3)
+        params["finetune"]["mobilenet_top"].update(layer="conv_pw_7_relu", trainable_from="conv_dw_7", epochs=1)
+        if "finetune" in params:  # no stage beyond the matrix
+            params["finetune"] = {}
+
+    alice = copy_project(root / "alice", tiny_matrix)
+    dvc("remote", "add", "-d", "team", str(remote), cwd=alice)
+    set_svm_c(alice, TRIED_C)
+    dvc("repro", cwd=alice)
+    dvc("push", cwd=alice)
+    tried = sha256(alice / "data" / "models" / "linear_svm" / TEAM_LAYER / "model.json")
+    set_svm_c(alice, committed_c)
+    dvc("repro", cwd=alice)
+    run([*GIT, "add", "dvc.lock", ".dvc/config"], alice)
+    run([*GIT, "commit", "-qm", "dvc.lock and the team remote"], alice)
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], alice) == ""  # params.yaml as committed
+    dvc("push", "--run-cache", cwd=alice)
+    return Team(alice, remote, tried)
+
+
+def test_teammate_clone_trains_on_pulled_features_without_running_the_cnn(team, tmp_path):
+    bob = tmp_path / "bob"
+    run(["git", "clone", "-q", str(team.alice), str(bob)], tmp_path)
+    features = bob / "data" / "features.h5"
+    assert not features.exists() and not (bob / ".dvc" / "cache").exists()  # git carries no data and no DVC cache
+    dvc("pull", "--run-cache", cwd=bob)
+    assert sha256(features) == sha256(team.alice / "data" / "features.h5")
+    set_svm_c(bob, NEW_C)
+    # Before anything runs, DVC sees only the edited classifier's train stage and the leaderboard out of date.
+    assert sorted(json.loads(dvc("status", "--json", cwd=bob))) == ["leaderboard", f"train@linear_svm-{TEAM_LAYER}"]
+    before = features.stat()
+    log = dvc("repro", cwd=bob)
+    assert "Stage 'prepare' didn't change, skipping" in log and "Stage 'extract' didn't change, skipping" in log
+    assert stages_run(log) == [f"evaluate@linear_svm-{TEAM_LAYER}", "leaderboard", f"train@linear_svm-{TEAM_LAYER}"]
+    after = features.stat()  # not rewritten: a run of extract writes a new file and renames it over the old one
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sha256(features) == sha256(team.alice / "data" / "features.h5")
+    lock, alice_lock = (yaml.safe_load((repo / "dvc.lock").read_text())["stages"] for repo in (bob, team.alice))
+    for stage in ("prepare", "extract", f"train@sgd_stream-{TEAM_LAYER}"):
+        assert lock[stage] == alice_lock[stage], stage
+    # A new model, trained by Bob with his C on Alice's features, and its metrics.
+    model_dir = Path("data") / "models" / "linear_svm" / TEAM_LAYER
+    model, alice_model = (read_json(repo / model_dir / "model.json") for repo in (bob, team.alice))
+    assert model["params"]["C"] == NEW_C and model["features"] == alice_model["features"]
+    assert sha256(bob / model_dir / "model.joblib") != sha256(team.alice / model_dir / "model.joblib")
+    metrics = read_json(bob / "data" / "eval" / "linear_svm" / TEAM_LAYER / "metrics.json")
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 15
+
+
+def test_run_cache_restores_a_run_that_no_commit_records(team, tmp_path):
+    carol = tmp_path / "carol"
+    run(["git", "clone", "-q", str(team.alice), str(carol)], tmp_path)
+    set_svm_c(carol, TRIED_C)
+    # One command in a fresh clone: pull what is unchanged, restore what the run-cache knows, run the rest (nothing).
+    log = dvc("repro", "--pull", cwd=carol)
+    assert stages_run(log) == [], log
+    for stage in (f"train@linear_svm-{TEAM_LAYER}", f"evaluate@linear_svm-{TEAM_LAYER}", "leaderboard"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log
+    model = carol / "data" / "models" / "linear_svm" / TEAM_LAYER / "model.json"
+    assert read_json(model)["params"]["C"] == TRIED_C and sha256(model) == team.tried
+    assert sha256(carol / "data" / "features.h5") == sha256(team.alice / "data" / "features.h5")

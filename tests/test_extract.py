@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from pipeline.accelerate import Compute
 from pipeline.atomic import temporary_sibling
-from pipeline.config import ExtractConfig, LayerSpec, PrepareConfig
+from pipeline.config import AugmentConfig, ExtractConfig, LayerSpec, PrepareConfig
 from pipeline.dataset import Manifest, read_images
 from pipeline.extract import extract_features, pool, provenance, skipped_report_path
 from pipeline.images import ImageDecodeError
@@ -133,7 +133,7 @@ def test_config_hash_tracks_feature_settings_not_batch_size(features_file, extra
 
 def test_batch_size_does_not_change_features(features_file, manifest, extract_config, tmp_path):
     assert extract_config.batch_size == 16
-    other = extract_features(manifest, dataclasses.replace(extract_config, batch_size=7), tmp_path / "b7.h5")
+    other = extract_features(manifest, dataclasses.replace(extract_config, batch_size=7), tmp_path / "b7.h5").path
     with h5py.File(features_file, "r") as a, h5py.File(other, "r") as b:
         assert a.attrs["config_hash"] == b.attrs["config_hash"]
         for spec in extract_config.layers:
@@ -216,7 +216,7 @@ def test_on_error_skip_drops_bad_rows_and_reports_them(tmp_path, digits_dir, man
 def test_gpu_options_are_logged_no_ops_on_cpu(tmp_path, manifest, caplog):
     caplog.set_level(logging.INFO, logger="pipeline.accelerate")
     config = dataclasses.replace(small_config("conv_pw_1_relu"), mixed_precision=True, xla=True)
-    out = extract_features(manifest, config, tmp_path / "f.h5")
+    out = extract_features(manifest, config, tmp_path / "f.h5").path
     assert "mixed_precision applies only on a GPU" in caplog.text and "xla applies only on a GPU" in caplog.text
     with h5py.File(out, "r") as f:
         assert not f.attrs["mixed_precision"] and not f.attrs["xla"]
@@ -239,7 +239,7 @@ def cli_extract(images, out, *, kill_after: int | None = None) -> str:
     log = b""
     while chunk := os.read(process.stderr.fileno(), 4096):
         log += chunk
-        done = [int(n) for n in re.findall(rb"(\d+)/1797 \[", log)]
+        done = [int(n) for n in re.findall(rb"extract: [^\r\n]*?(\d+)/1797 \[", log)]
         if kill_after is not None and done and done[-1] >= kill_after:
             process.send_signal(signal.SIGKILL)
             break
@@ -308,7 +308,7 @@ def test_photos_match_keras_reference_for_two_backbones(photos, tmp_path, backbo
         layers=tuple(LayerSpec(name, pooling) for name, pooling in layers.items()),
     )
     manifest = read_images(photos)
-    out = extract_features(manifest, config, tmp_path / "f.h5")
+    out = extract_features(manifest, config, tmp_path / "f.h5").path
     model = load_backbone(backbone, weights, size).model
     reference = keras_reference_model(model, list(layers))
     module = {"mobilenet": keras.applications.mobilenet, "vgg16": keras.applications.vgg16}[backbone]
@@ -327,3 +327,27 @@ def test_photos_match_keras_reference_for_two_backbones(photos, tmp_path, backbo
 def keras_reference_model(model, names):
     """Keras's own multi-output model on the backbone: Model(inputs, [layer.output, ...])."""
     return keras.Model(model.input, [model.get_layer(name).output for name in names])
+
+
+def test_views_are_seeded_per_image_and_stored_beside_the_clean_features(views_file, manifest, extract_config, tmp_path):
+    with h5py.File(views_file, "r") as f:
+        train = f["split"].asstr()[()] == "train"
+        views, clean = f["views/conv_pw_5_relu"][()], f["features/conv_pw_5_relu"][()]
+        assert views.shape == (len(clean), 2, *clean.shape[1:])
+        assert not np.isnan(views[train]).any() and np.isnan(views[~train]).all()  # views of train images only
+        assert not np.isclose(views[train, 0], clean[train]).all(axis=1).any()  # every view differs from its image
+        assert json.loads(f.attrs["augment"]) == {"flip": "none", "rotation": 15.0, "crop": 0.8, "seed": 5}
+        assert f.attrs["augment_views"] == 2
+        pixels = f["views/pixels"][()]
+    # the same seed gives the same views, whatever the batch size; another seed other views
+    config = dataclasses.replace(
+        extract_config, augment_views=2, augment=AugmentConfig(rotation=15, crop=0.8, seed=5), batch_size=7
+    )
+    again = extract_features(manifest, config, tmp_path / "again.h5").path
+    other = extract_features(
+        manifest, dataclasses.replace(config, augment=AugmentConfig(rotation=15, crop=0.8, seed=6)), tmp_path / "o.h5"
+    ).path
+    with h5py.File(again, "r") as a, h5py.File(other, "r") as b:
+        np.testing.assert_array_equal(a["views/pixels"][()], pixels)  # bit for bit (no float kernels involved)
+        np.testing.assert_allclose(a["views/conv_pw_5_relu"][()], views, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(b["views/pixels"][train], pixels[train])

@@ -95,3 +95,43 @@ def test_write_leaderboard_writes_csv_markdown_plot_data_and_png(eval_dir, tmp_p
     assert [p["run"] for p in plot][:2] == ["svm · conv_pw_7_relu", "logreg · conv_pw_7_relu"]
     assert (out / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.json", "leaderboard.md", "leaderboard.png"]
+
+
+def write_finetuned(eval_dir, name, accuracy, val_accuracy):
+    folder = eval_dir / "finetune" / name
+    folder.mkdir(parents=True)
+    metrics = {
+        "accuracy": accuracy, "balanced_accuracy": accuracy, "macro_f1": accuracy, "n": 270, "log_loss": 0.1,
+        "top3_accuracy": 1.0, "val_accuracy": val_accuracy, "fit_seconds": 40.0, "predict_seconds": 0.5,
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_fine_tuned_runs_join_the_table_marked_with_their_layer(eval_dir, tmp_path):
+    write_finetuned(eval_dir, "top", 0.99, 0.97)
+    (eval_dir / "finetune" / "removed").mkdir()  # a stale folder of an entry no longer configured is not read
+    rows = collect(eval_dir, CLASSIFIERS, LAYERS, {"top": "conv_pw_13_relu"})
+    assert len(rows) == len(RESULTS) + 1
+    assert rows[0] == {
+        "classifier": "top (fine-tuned)", "layer": "conv_pw_13_relu", "accuracy": 0.99, "balanced_accuracy": 0.99,
+        "macro_f1": 0.99, "log_loss": 0.1, "top3_accuracy": 1.0, "val_accuracy": 0.97, "fit_seconds": 40.0,
+        "predict_seconds": 0.5,
+    }
+    assert markdown(rows).splitlines()[2].startswith("| **1** | **top (fine-tuned)** | **`conv_pw_13_relu`** | **0.990** |")
+    assert {g["classifier"] for g in transfer_gains(rows)} == {"logreg", "svm"}  # no pixels row of its own: no gain
+    out = tmp_path / "board"
+    written = write_leaderboard(eval_dir, CLASSIFIERS, LAYERS, out, {"top": "conv_pw_13_relu"})
+    assert written == rows
+    with (out / "leaderboard.csv").open() as f:
+        assert next(csv.DictReader(f))["classifier"] == "top (fine-tuned)"
+    assert json.loads((out / "leaderboard.json").read_text())[0]["run"] == "top (fine-tuned) · conv_pw_13_relu"
+
+
+def test_a_missing_fine_tuned_evaluation_is_an_error_naming_its_file(eval_dir):
+    write_finetuned(eval_dir, "top", 0.99, 0.97)
+    finetune = {"top": "conv_pw_13_relu", "other": "conv_pw_7_relu"}
+    with pytest.raises(ConfigError, match=re.escape(
+        "no metrics for 1 of 8 classifier x layer pairs and fine-tuned models; missing: ["
+    )) as error:
+        collect(eval_dir, CLASSIFIERS, LAYERS, finetune)
+    assert str(eval_dir / "finetune" / "other" / "metrics.json") in str(error.value)

@@ -10,7 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.config import ClassifierConfig
+from pipeline.backbone import load_backbone
+from pipeline.cli import main
+from pipeline.config import ClassifierConfig, FinetuneConfig
+from pipeline.finetune import build_model, finetune_model, load_finetuned, load_head
 from pipeline.images import iter_batches
 from pipeline.models import METADATA, load_model
 from pipeline.predict import (
@@ -230,3 +233,56 @@ def test_refuses_a_feature_width_the_classifier_was_not_fitted_on(lr_model, tmp_
     message = r"expects 256 features, but 'conv_pw_5_relu' \(none pooling of \(8, 8, 256\)\) give 16384"
     with pytest.raises(ConfigError, match=message):
         predict_images(copy, stored[0][:1])
+
+
+# --- fine-tuned models (pipeline.finetune): one Keras model from images to probabilities ----------------------------
+
+
+@pytest.fixture(scope="module")
+def finetuned_model(features_file, digits_dir, head_model, tmp_path_factory):
+    """The head on the unpooled conv_pw_13_relu maps, fine-tuned one epoch with the last 3 backbone layers."""
+    out = tmp_path_factory.mktemp("models") / "finetuned"
+    config = FinetuneConfig(
+        name="top", head="head", layer="conv_pw_13_relu", trainable_layers=3, epochs=1, batch_size=16,
+        learning_rate=1e-4,
+    )
+    finetune_model(features_file, digits_dir, head_model, config, out, verbose=0)
+    return out
+
+
+def test_a_fine_tuned_model_predicts_end_to_end(finetuned_model, stored, capsys):
+    import keras
+
+    paths = stored[0]
+    model, metadata = load_finetuned(finetuned_model)
+    predictions = predict_images(finetuned_model, paths, top_k=10)
+    (batch,) = iter_batches(paths, (64, 64), batch_size=len(paths))
+    expected = model.predict(keras.applications.mobilenet.preprocess_input(batch.images.astype(np.float32)), verbose=0)
+    names = metadata["class_names"]
+    np.testing.assert_allclose(np.stack([full_outputs(p, names) for p in predictions]), expected, atol=1e-5, rtol=0)
+    assert [p.label for p in predictions] == [names[j] for j in expected.argmax(axis=1)]
+    assert [p.path for p in predictions] == paths and {p.measure for p in predictions} == {"probability"}
+    two = predict_images(finetuned_model, paths[:1], top_k=2)  # alone in its batch: other float rounding
+    assert [label for label, _ in two[0].top] == [label for label, _ in predictions[0].top[:2]]
+    np.testing.assert_allclose([v for _, v in two[0].top], [v for _, v in predictions[0].top[:2]], atol=1e-5)
+
+    main(["predict", "--model", str(finetuned_model), "--top-k", "2", str(paths[0])])  # the command line
+    line = capsys.readouterr().out.strip()
+    assert line == format_line(two[0])
+    assert re.fullmatch(rf"{re.escape(str(paths[0]))}: \d \([01]\.\d\d\), \d \([01]\.\d\d\)", line)
+
+
+def test_fine_tuning_an_unpooled_layer_starts_from_the_head_on_the_stored_maps(head_model, stored):
+    """Before any training, backbone + Flatten + head equals the head on the stored (float16) maps: the maps are
+    flattened in the order they were stored in."""
+    import keras
+
+    paths, X, _ = stored
+    estimator, _ = load_model(head_model)
+    head, _ = load_head(head_model, "conv_pw_13_relu")
+    model, _ = build_model(
+        load_backbone("mobilenet", "imagenet", (64, 64)), "conv_pw_13_relu", "none", head, trainable_layers=3
+    )
+    (batch,) = iter_batches(paths, (64, 64), batch_size=len(paths))
+    got = model.predict(keras.applications.mobilenet.preprocess_input(batch.images.astype(np.float32)), verbose=0)
+    np.testing.assert_allclose(got, estimator.predict_proba(X["conv_pw_13_relu"]), atol=2e-3, rtol=0)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.config import load_params
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -14,13 +16,16 @@ def stage(name, *args):
 def test_unknown_classifier_names_the_configured_ones():
     result = stage("train", "no_such_clf", "--layer", "pixels", "--features", "data/features.h5", "--out", "/tmp/unused")
     assert result.returncode == 2
-    assert "classifier must be one of ['dense_head', 'linear_svm', 'logreg', 'sgd_stream']. Received: classifier='no_such_clf'" in result.stderr
+    names = sorted(load_params(REPO / "params.yaml")["classifiers"])
+    assert f"classifier must be one of {names}. Received: classifier='no_such_clf'" in result.stderr
 
 
 def test_leaderboard_names_the_missing_evaluations(tmp_path):
     result = stage("leaderboard", "--eval", str(tmp_path / "eval"), "--out", str(tmp_path / "board"))
     assert result.returncode == 2
-    assert "no metrics for 16 of 16 classifier x layer pairs; missing: [" in result.stderr
+    params = load_params(REPO / "params.yaml")
+    runs = len(params["classifiers"]) * len(params["train"]["layers"]) + len(params.get("finetune") or {})
+    assert f"no metrics for {runs} of {runs} classifier x layer pairs" in result.stderr
     assert str(tmp_path / "eval" / "logreg" / "pixels" / "metrics.json") in result.stderr
     assert not (tmp_path / "board").exists()
 
@@ -37,3 +42,17 @@ def test_missing_image_folder_is_named(tmp_path):
     assert result.returncode == 2
     assert f"image folder not found: {tmp_path / 'nowhere'}" in result.stderr
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_finetune_names_the_configured_entries_and_checks_the_head(tmp_path):
+    args = ["--features", "data/features.h5", "--images", "data/images", "--head", str(tmp_path / "head"),
+            "--out", str(tmp_path / "model"), "--eval", str(tmp_path / "eval")]
+    result = stage("finetune", "no_such_run", *args)
+    assert result.returncode == 2
+    configured = sorted(load_params(REPO / "params.yaml").get("finetune") or {})
+    assert f"finetune entry must be one of {configured}. Received: finetune entry='no_such_run'" in result.stderr
+    if configured:  # a configured entry whose head is not where --head points
+        result = stage("finetune", configured[0], *args)
+        assert result.returncode == 2
+        assert f"finetune.{configured[0]}.head: no trained head at {tmp_path / 'head'}" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "model").exists()

@@ -82,7 +82,7 @@ def test_rows_per_chunk_is_the_most_rows_within_the_target(row_shape, dtype):
 
 def test_layout_is_row_aligned_with_chunked_feature_datasets(features):
     with h5py.File(features, "r") as f:
-        assert sorted(f) == ["features", "labels", "paths", "progress", "skipped", "split", "split_code"]
+        assert sorted(f) == ["features", "labels", "paths", "progress", "sha256", "skipped", "split", "split_code"]
         assert f["progress"][()].tolist() == [5, 5]
         assert f["paths"].asstr()[()].tolist() == PATHS
         assert f["split"].asstr()[()].tolist() == SPLITS

@@ -3,8 +3,9 @@
 import h5py
 import numpy as np
 import pytest
+from sklearn.model_selection import StratifiedGroupKFold
 
-from pipeline.classifiers import KerasHeadClassifier
+from pipeline.classifiers import KerasHeadClassifier, build_estimator, build_search
 from pipeline.config import ClassifierConfig
 from pipeline.models import load_model
 from pipeline.store import load_layers, load_split, split_nbytes
@@ -165,3 +166,35 @@ def test_an_estimator_that_cannot_stream_is_refused_over_the_budget(features_fil
                                           r"to train out of core \(its train features take .* over train\.memory_budget"):
         train_classifier(features_file, config, tmp_path / "nn", memory_budget=1024, chunk_size=256)
     assert not (tmp_path / "nn").exists()
+
+
+def test_augmented_trains_on_the_clean_rows_and_their_views(views_file, tmp_path, monkeypatch):
+    from pipeline import train as training
+
+    seen, fit = [], training.fit
+
+    def spy(estimator, train, val):  # the real fit, recording how many rows it was given
+        seen.append((len(train.y), len(val.y)))
+        return fit(estimator, train, val)
+
+    monkeypatch.setattr(training, "fit", spy)
+    config = ClassifierConfig(name="aug", estimator="logistic_regression", layer="pixels", augmented=True)
+    metadata = train_classifier(views_file, config, tmp_path / "m")
+    n_train, n_val = len(load_layers(views_file, ["pixels"], "train").y), len(load_layers(views_file, ["pixels"], "val").y)
+    assert seen == [(3 * n_train, n_val)]  # clean + 2 views for training; val stays clean
+    assert metadata["augmented"] is True
+
+
+def test_augmented_search_keeps_an_images_views_in_one_fold(views_file, tmp_path):
+    config = ClassifierConfig(
+        name="aug", estimator="logistic_regression", layer="pixels", augmented=True,
+        search={"space": {"C": [0.1, 1.0]}, "cv": 2},
+    )
+    assert isinstance(build_search(build_estimator(config), config).cv, StratifiedGroupKFold)
+    assert train_classifier(views_file, config, tmp_path / "m")["search"]["candidates"] == 2
+
+
+def test_augmented_without_views_names_the_setting(features_file, tmp_path):
+    config = ClassifierConfig(name="aug", estimator="logistic_regression", layer="pixels", augmented=True)
+    with pytest.raises(ConfigError, match="classifiers.aug.augmented is true, but .* has no augmented views"):
+        train_classifier(features_file, config, tmp_path / "m")
