@@ -22,7 +22,7 @@ from pipeline.config import FINETUNE_HEAD, AugmentConfig, ExtractConfig, Finetun
 from pipeline.evaluate import Predictions, spread_probabilities, trained_on, write_evaluation
 from pipeline.hashing import hash_files
 from pipeline.images import decode_image, iter_batches
-from pipeline.models import FINETUNED, METADATA, library_versions, read_metadata
+from pipeline.models import FEATURE_KEYS, FINETUNED, HISTORY_KEYS, METADATA, library_versions, read_metadata
 from pipeline.store import open_features, selected_rows
 from pipeline.validation import ConfigError, did_you_mean
 
@@ -31,11 +31,6 @@ log = logging.getLogger(__name__)
 KIND = FINETUNED  # model.json's "kind" for a fine-tuned model: images in, probabilities out
 MODEL_FILE = "model.keras"
 BACKBONE = "backbone"  # the name of the cut backbone inside the fine-tuned model
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # per epoch, as in the heads' learning curves
-# Provenance of the features file that the fine-tuned model records (as trained models do), for predict and evaluate.
-FEATURE_KEYS = (
-    "backbone", "weights_sha256", "input_size", "interpolation", "preprocessing", "config_hash", "extract_config"
-)
 
 
 @dataclass(frozen=True)

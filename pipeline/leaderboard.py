@@ -78,14 +78,49 @@ def transfer_gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return gains
 
 
+def augmented_twins(classifiers: Mapping[str, Any]) -> dict[str, str]:
+    """Each ``classifiers`` entry with ``augmented: true`` -> an entry that is the same but for it, where there is one."""
+
+    def clean(entry: Any) -> Any:
+        return {key: value for key, value in entry.items() if key != "augmented"} if isinstance(entry, Mapping) else entry
+
+    twins = {}
+    for name, entry in classifiers.items():
+        if isinstance(entry, Mapping) and entry.get("augmented") is True:
+            twin = next((other for other, e in classifiers.items() if other != name and isinstance(e, Mapping)
+                         and not e.get("augmented") and clean(e) == clean(entry)), None)
+            if twin is not None:
+                twins[name] = twin
+    return twins
+
+
+def paired_gains(rows: Sequence[dict[str, Any]], pairs: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per ``variant -> base`` pair of classifier labels, per layer both were evaluated on: the variant's test
+    accuracy against the base's (e.g. trained with augmented views against the same entry without, or a fine-tuned
+    model against the head it started from)."""
+    accuracy = {(row["classifier"], row["layer"]): row["accuracy"] for row in rows}
+    gains = []
+    for variant, base in pairs.items():
+        for layer in dict.fromkeys(row["layer"] for row in rows):
+            if (variant, layer) in accuracy and (base, layer) in accuracy:
+                mine, theirs = accuracy[variant, layer], accuracy[base, layer]
+                gains.append({"variant": variant, "base": base, "layer": layer, "accuracy": mine,
+                              "base_accuracy": theirs, "gain": mine - theirs})
+    return gains
+
+
 def _cell(value: Any, key: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.2f}" if key.endswith("seconds") else f"{value:.3f}"
 
 
-def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The leaderboard as a Markdown table (best first, the top row in bold), then the transfer-vs-pixels lines."""
+def markdown(
+    rows: Sequence[dict[str, Any]], augmented: Mapping[str, str] | None = None, heads: Mapping[str, str] | None = None
+) -> str:
+    """The leaderboard as a Markdown table (best first, the top row in bold), then the transfer-vs-pixels lines, and
+    the lines that say whether augmented views (``augmented``: classifier -> its twin without views) and fine-tuning
+    (``heads``: fine-tuned label -> the head it started from) helped."""
     lines = [
         "| rank | classifier | layer | " + " | ".join(HEADERS[key] for key in COLUMNS) + " |",
         "|---:|---|---|" + "---:|" * len(COLUMNS),
@@ -103,14 +138,29 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"({g['gain']:+.3f})"
             for g in gains
         ]
+    titles = {
+        "Augmented views vs clean rows only (test accuracy, same classifier entry without `augmented`):": augmented,
+        "Fine-tuned vs the head it started from (test accuracy, same layer):": heads,
+    }
+    for title, pairs in titles.items():
+        found = paired_gains(rows, pairs or {})
+        if found:
+            lines += ["", title, ""]
+            lines += [
+                f"- {g['variant']} vs {g['base']} on `{g['layer']}`: {g['accuracy']:.3f} vs {g['base_accuracy']:.3f} "
+                f"({g['gain']:+.3f})"
+                for g in found
+            ]
     return "\n".join(lines) + "\n"
 
 
 def write_leaderboard(
     eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str], out_dir: str | Path,
-    finetune: Mapping[str, str] | None = None,
+    finetune: Mapping[str, str] | None = None, augmented: Mapping[str, str] | None = None,
+    heads: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``leaderboard.csv``, ``leaderboard.md``, ``leaderboard.json`` (DVC bar plot) and ``leaderboard.png``.
+    ``augmented`` and ``heads``: see ``markdown`` (``heads`` by fine-tuned run name).
 
     The PNG is a classifiers x layers heat map of test accuracy, with a row per fine-tuned run (its layer's cell
     only); the JSON has one row per run with ``run`` (``classifier · layer``) for DVC's bar_horizontal template.
@@ -122,7 +172,7 @@ def write_leaderboard(
         writer.writeheader()
         writer.writerows({"rank": rank, **row} for rank, row in enumerate(rows, start=1))
     with atomic_file(out_dir / "leaderboard.md") as tmp:
-        tmp.write_text(markdown(rows))
+        tmp.write_text(markdown(rows, augmented, {finetuned(name): head for name, head in (heads or {}).items()}))
     write_json(out_dir / "leaderboard.json", [{"run": f"{r['classifier']} · {r['layer']}", **r} for r in rows])
     accuracy = {(row["classifier"], row["layer"]): row["accuracy"] for row in rows}
     names = [*classifiers, *(finetuned(name) for name in finetune or {})]

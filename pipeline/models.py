@@ -25,6 +25,13 @@ FINETUNED = "fine-tuned"  # model.json's "kind" of a fine-tuned model (pipeline.
 PREPROCESS = "preprocess.joblib"
 FORMAT_VERSION = 1
 
+# Provenance keys of the features file that a trained model depends on; prediction must match them.
+FEATURE_KEYS = (
+    "backbone", "weights_sha256", "input_size", "interpolation", "preprocessing", "config_hash", "extract_config"
+)
+# Per-epoch columns of a training history, in the order they are recorded; "val_" ones are on the val split.
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
 
 def library_versions(keras_model: bool) -> dict[str, str]:
     """The versions a saved model depends on (Keras only for a Keras head: importing it costs seconds)."""

@@ -20,21 +20,12 @@ from pipeline.classifiers import (
 from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
 from pipeline.evaluate import predictions
-from pipeline.models import save_model
+from pipeline.models import FEATURE_KEYS, HISTORY_KEYS, save_model
 from pipeline.store import Split, feature_shape, load_layers, load_views, read_attrs, split_nbytes
 from pipeline.stream import check_streaming, fit_out_of_core
 from pipeline.validation import ConfigError, check_one_of, format_bytes
 
 log = logging.getLogger(__name__)
-
-# Provenance keys of the features file that a trained model depends on; prediction must match them.
-FEATURE_KEYS = (
-    "backbone", "weights_sha256", "input_size", "interpolation", "preprocessing", "config_hash", "extract_config"
-)
-
-
-# Per-epoch columns of a training history, in the order they are recorded; "val_" ones are on the val split.
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def training_history(estimator) -> list[dict[str, float]]:

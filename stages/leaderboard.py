@@ -4,7 +4,7 @@ import argparse
 
 from pipeline.config import FinetuneConfig, TrainConfig, load_params, section
 from pipeline.entry import run
-from pipeline.leaderboard import write_leaderboard
+from pipeline.leaderboard import augmented_twins, write_leaderboard
 
 
 def main() -> None:
@@ -16,8 +16,12 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     layers = TrainConfig.from_params(section(params, "train")).layers
-    finetune = {name: config.layer for name, config in FinetuneConfig.all_from_params(params.get("finetune")).items()}
-    write_leaderboard(args.eval, list(section(params, "classifiers")), layers, args.out, finetune)
+    runs = FinetuneConfig.all_from_params(params.get("finetune"))
+    classifiers = section(params, "classifiers")
+    write_leaderboard(
+        args.eval, list(classifiers), layers, args.out, {name: config.layer for name, config in runs.items()},
+        augmented=augmented_twins(classifiers), heads={name: config.head for name, config in runs.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import AugmentConfig, ClassifierConfig, ExtractConfig, FinetuneConfig
-from pipeline.evaluate import evaluate_model
 from pipeline.backbone import load_backbone
+from pipeline.evaluate import evaluate_model
 from pipeline.finetune import (
     BACKBONE,
     KIND,
@@ -24,7 +24,6 @@ from pipeline.finetune import (
     finetune_model,
     fit,
     image_batches,
-    image_predictions,
     image_rows,
     load_finetuned,
     load_head,

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from pipeline.leaderboard import COLUMNS, collect, markdown, transfer_gains, write_leaderboard
+from pipeline.leaderboard import COLUMNS, augmented_twins, collect, markdown, transfer_gains, write_leaderboard
 from pipeline.validation import ConfigError
 
 RESULTS = {  # (classifier, layer) -> (test accuracy, val accuracy)
@@ -135,3 +135,29 @@ def test_a_missing_fine_tuned_evaluation_is_an_error_naming_its_file(eval_dir):
     )) as error:
         collect(eval_dir, CLASSIFIERS, LAYERS, finetune)
     assert str(eval_dir / "finetune" / "other" / "metrics.json") in str(error.value)
+
+
+def test_augmented_twins_pair_entries_that_differ_only_in_augmented():
+    classifiers = {
+        "svm": {"estimator": "linear_svm", "params": {"C": 0.01}},
+        "svm_aug": {"estimator": "linear_svm", "params": {"C": 0.01}, "augmented": True},
+        "svm_aug_c1": {"estimator": "linear_svm", "params": {"C": 1.0}, "augmented": True},  # no clean twin
+    }
+    assert augmented_twins(classifiers) == {"svm_aug": "svm"}
+
+
+def test_the_markdown_says_whether_views_and_fine_tuning_helped(eval_dir, tmp_path):
+    for layer, accuracy in (("pixels", 0.90), ("conv_pw_7_relu", 0.95)):
+        (eval_dir / "svm_aug" / layer).mkdir(parents=True)
+        (eval_dir / "svm_aug" / layer / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "n": 270}))
+    write_finetuned(eval_dir, "top", 0.99, 0.97)
+    out = tmp_path / "board"
+    write_leaderboard(
+        eval_dir, [*CLASSIFIERS, "svm_aug"], ["pixels", "conv_pw_7_relu"], out, {"top": "conv_pw_7_relu"},
+        augmented={"svm_aug": "svm"}, heads={"top": "logreg"},
+    )
+    text = (out / "leaderboard.md").read_text()
+    assert "- svm_aug vs svm on `pixels`: 0.900 vs 0.850 (+0.050)" in text
+    assert "- svm_aug vs svm on `conv_pw_7_relu`: 0.950 vs 0.970 (-0.020)" in text
+    assert "- top (fine-tuned) vs logreg on `conv_pw_7_relu`: 0.990 vs 0.970 (+0.020)" in text
+    assert "on `conv_pw_13_relu`" not in text.split("Augmented views")[1]  # only layers both were evaluated on

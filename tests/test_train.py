@@ -9,7 +9,8 @@ from pipeline.classifiers import KerasHeadClassifier, build_estimator, build_sea
 from pipeline.config import ClassifierConfig
 from pipeline.models import load_model
 from pipeline.store import load_layers, load_split, split_nbytes
-from pipeline.train import FEATURE_KEYS, train_classifier, training_history
+from pipeline.models import FEATURE_KEYS
+from pipeline.train import train_classifier, training_history
 from pipeline.validation import ConfigError
 
 
