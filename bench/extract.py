@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from common import positive
 from PIL import Image, ImageDraw, ImageFilter
 
-from common import positive
 from pipeline.config import ExtractConfig
 from pipeline.entry import configure_logging
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from common import positive
+
 from pipeline.entry import configure_logging
 
 log = logging.getLogger("bench.train")
@@ -147,9 +147,9 @@ def measure_read(workdir: Path, rows: int, width: int, repeats: int) -> list[dic
     for layout in SPLITS:
         path = write_features(workdir / f"read-{layout}-{rows}x{width}.h5", rows, width, layout)
         npy = path.with_suffix(".npy")
-        h5_s, X = median_seconds(lambda: load_layers(path, [LAYER], "train").X, repeats)
+        h5_s, X = median_seconds(lambda path=path: load_layers(path, [LAYER], "train").X, repeats)
         np.save(npy, X)
-        npy_s, same = median_seconds(lambda: np.load(npy), repeats)
+        npy_s, same = median_seconds(lambda npy=npy: np.load(npy), repeats)
         assert np.array_equal(X, same)
         mib = X.nbytes / 2**20
         results.append({

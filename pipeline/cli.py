@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pipeline.config import COMPRESSIONS, DTYPES, ON_ERROR, POOLINGS, ExtractConfig, load_params, section
+import yaml
+
+from pipeline.config import DataConfig, ExtractConfig, LayerSpec, load_params, param_fields, param_keys
 from pipeline.entry import run
-from pipeline.validation import format_bytes
+from pipeline.validation import ConfigError, check_keys, format_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS = "params.yaml"
+# Every key of the extract section, each a flag: --augment-rotation sets extract.augment.rotation.
+EXTRACT_KEYS = param_keys(ExtractConfig)
+EXTRACT_DESCRIPTION = (
+    "Extract features from images into an HDF5 file. Every key of params.yaml's extract section has a flag "
+    "(--augment-rotation sets extract.augment.rotation); a flag's value is read as YAML, as in params.yaml (null, "
+    "true, 0.5, [a, b]). Flags override the params file (./params.yaml when present, or --params FILE), which "
+    "overrides the defaults; the log names the keys taken from the file."
+)
 
 
 def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) -> list[tuple[str, tuple, int]]:
@@ -19,6 +37,8 @@ def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) ->
     from pipeline.validation import check_one_of
 
     if backbone.endswith(".keras"):
+        if not Path(backbone).is_file():
+            raise ConfigError(f"backbone must be a keras.applications name or a .keras file. Received: {backbone=}")
         model = keras.saving.load_model(backbone, safe_mode=True, compile=False)
     else:
         native = ARCHITECTURES[check_one_of("backbone", backbone, ARCHITECTURES)].native_size
@@ -34,43 +54,140 @@ def cmd_layers(args: argparse.Namespace) -> None:
     width = max(len(name) for name, _, _ in rows)
     print(f"{'layer':<{width}}  {'output shape':<20}  bytes/image (float32)")
     for name, shape, size in rows:
-        print(f"{name:<{width}}  {str(shape):<20}  {format_bytes(size)}")
+        print(f"{name:<{width}}  {shape!s:<20}  {format_bytes(size)}")
 
 
-def extract_config(args: argparse.Namespace) -> ExtractConfig:
-    """params.yaml's extract section (if the file exists) with the command-line flags on top."""
-    params = dict(section(load_params(args.params), "extract")) if Path(args.params).is_file() else {}
-    flags = {
-        "backbone": args.backbone,
-        "layers": args.layers,
-        "pooling": args.pooling,
-        "dtype": args.dtype,
-        "input_size": args.input_size,
-        "batch_size": args.batch_size,
-        "on_error": args.on_error,
-        "compression": args.compression,
-        "interpolation": args.interpolation,
-        "preprocessing": args.preprocessing,
-        "mixed_precision": args.mixed_precision,
-        "xla": args.xla,
-        "shard_size": args.shard_size,
-        "reuse": args.reuse,
-    }
-    merged = {**params, **{key: value for key, value in flags.items() if value is not None}}
-    for key in ("weights", "cluster"):
-        value = getattr(args, key)
-        if value is not None:
-            merged[key] = None if value.lower() in ("null", "none") else value
-    if args.pooling or args.dtype:
-        # names only, so that --pooling / --dtype apply to every layer
-        merged["layers"] = ExtractConfig.from_params(merged).layer_names
-    return ExtractConfig.from_params(merged)
+def yaml_value(text: str) -> Any:
+    """A flag's value read as params.yaml reads it: null, true, 3, 0.5, [a, b], or a plain string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YAML value: {' '.join(str(error).split())}") from None
+
+
+def yaml_text(value: Any) -> str:
+    """``value`` as params.yaml spells it (null, false, 0.15, avg)."""
+    return yaml.safe_dump(value).split("\n")[0]
+
+
+def many_values(f: dataclasses.Field) -> bool:
+    """Whether a key's flag takes several words (``--input-size H W``), named by a tuple metavar."""
+    return isinstance(f.metadata.get("metavar"), tuple)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per key of the extract section, made from the config dataclasses' fields and their help texts."""
+    nested = {f.name: f.metadata["help"] for f in param_fields(ExtractConfig)}
+    groups = {"": parser.add_argument_group("extract", "params.yaml's extract section, one flag per key")}
+    for key, f in EXTRACT_KEYS:
+        section = key.rpartition(".")[0]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"extract.{section}", nested[section])
+        default = "the backbone's last layer" if key == "layers" else yaml_text(f.default)
+        options = {"dest": key, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default: {default})"}
+        flag = "--" + key.replace(".", "-").replace("_", "-")
+        if isinstance(f.default, bool):
+            groups[section].add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        else:
+            metavar = f.metadata.get("metavar", f.name.upper())
+            nargs = "+" if many_values(f) else None
+            groups[section].add_argument(flag, type=yaml_value, metavar=metavar, nargs=nargs, **options)
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The extract keys given as flags, by dotted key (``augment.rotation``); ``--input-size null`` is one value."""
+    values = {}
+    for key, f in EXTRACT_KEYS:
+        if hasattr(args, key):
+            value = getattr(args, key)
+            values[key] = value[0] if many_values(f) and len(value) == 1 else value
+    return values
+
+
+def has_key(mapping: Any, key: str) -> bool:
+    """Whether the dotted ``key`` is set in nested ``mapping``."""
+    for name in key.split("."):
+        if not isinstance(mapping, Mapping) or name not in mapping:
+            return False
+        mapping = mapping[name]
+    return True
+
+
+def set_key(mapping: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` in nested ``mapping``, copying the nested mappings it changes."""
+    *parents, name = key.split(".")
+    for parent in parents:
+        child = mapping.get(parent)
+        mapping[parent] = dict(child) if isinstance(child, Mapping) else {}
+        mapping = mapping[parent]
+    mapping[name] = value
+
+
+def default_layer(extract: Mapping[str, Any]) -> str:
+    """The backbone's last block, which Keras tutorials extract: the output layer of the headless
+    (``include_top=False``) keras.applications model, or a ``.keras`` file's last layer."""
+    config = ExtractConfig.from_params({**extract, "layers": ["last"]})  # every other key is checked before building
+    import keras
+
+    # Automatic layer names (mobilenetv3's activation_17) count up per Keras session: name the layer as a fresh
+    # process does (`python -m pipeline layers`), and leave a fresh session for the extraction's model.
+    keras.backend.clear_session()
+    name = describe_layers(config.backbone, config.input_size)[-1][0]
+    keras.backend.clear_session()
+    why = (
+        f"the last layer of {config.backbone}" if config.backbone.endswith(".keras")
+        else f"the output of {config.backbone} without its classifier (include_top=False)"
+    )
+    log.info("no --layers flag or extract.layers key: extracting %s, %s, as Keras tutorials do", name, why)
+    return name
+
+
+def extract_settings(args: argparse.Namespace) -> tuple[DataConfig, ExtractConfig]:
+    """The images and the extract config: the flags over the params file's data and extract sections, over the defaults.
+
+    The params file is ``--params FILE`` (which must exist), else ``params.yaml`` here when there is one.
+    """
+    path = args.params
+    if path is None and Path(DEFAULT_PARAMS).is_file():
+        path = DEFAULT_PARAMS
+    params = load_params(path) if path is not None else {}
+    extract = check_keys("extract", params.get("extract", {}), {key.partition(".")[0] for key, _ in EXTRACT_KEYS})
+    flags = flag_values(args)
+    took = [f"extract.{key}" for key, _ in EXTRACT_KEYS if key not in flags and has_key(extract, key)]
+
+    if args.images is not None:
+        data = DataConfig(images=args.images, image_root=args.image_root)
+    elif "data" in params:
+        data = DataConfig.from_params(params["data"])
+        took += [f"data.{key}" for key in params["data"] if not (key == "image_root" and args.image_root is not None)]
+        if args.image_root is not None:
+            data = dataclasses.replace(data, image_root=args.image_root)
+    else:
+        where = f"{path} has no data section" if path else f"there is no {DEFAULT_PARAMS} here"
+        raise ConfigError(f"extract needs --images (an image folder or a .csv manifest): {where} to take data.images from")
+
+    if path is None:
+        log.info("no %s here: the flags and the defaults only", DEFAULT_PARAMS)
+    else:
+        log.info("took %s from %s (flags override them)", ", ".join(sorted(took)) or "no keys", path)
+
+    merged = dict(extract)
+    for key, value in flags.items():
+        set_key(merged, key, value)
+    if "layers" not in merged:
+        merged["layers"] = [default_layer(merged)]
+    config = ExtractConfig.from_params(merged)
+    every_layer = {f.name: flags[f.name] for f in param_fields(LayerSpec) if f.name in flags}
+    if every_layer:  # --pooling / --dtype apply to every layer, over its own options in params.yaml
+        config = dataclasses.replace(config, layers=tuple(dataclasses.replace(s, **every_layer) for s in config.layers))
+    return data, config
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
+    data, config = extract_settings(args)  # every key is checked before TensorFlow is imported
     from pipeline.extract import run_extraction
 
-    run_extraction(args.images, args.out, extract_config(args), args.image_root)
+    run_extraction(data.images, args.out, config, data.image_root)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -105,27 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the native size")
     layers.set_defaults(func=cmd_layers)
 
-    extract = commands.add_parser("extract", help="extract features from images into an HDF5 file")
-    extract.add_argument("--images", required=True, help="image folder (split/class, class or flat) or a CSV manifest")
-    extract.add_argument("--image-root", help="folder that CSV paths are relative to (default: the CSV's folder)")
-    extract.add_argument("--out", required=True, help="features file to write (.h5)")
-    extract.add_argument("--params", default="params.yaml", help="params file whose 'extract' section is the base")
-    extract.add_argument("--backbone", help="keras.applications name or .keras file")
-    extract.add_argument("--weights", help="imagenet, null, or a weights file")
-    extract.add_argument("--layers", help="comma-separated layer names")
-    extract.add_argument("--pooling", choices=POOLINGS, help="pooling for every layer")
-    extract.add_argument("--dtype", choices=DTYPES, help="storage dtype for every layer")
-    extract.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
-    extract.add_argument("--interpolation", help="resize filter (bilinear, nearest, bicubic, ...)")
-    extract.add_argument("--preprocessing", help="for a .keras backbone: none, tf, torch or caffe")
-    extract.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), help="images per batch, or auto")
-    extract.add_argument("--on-error", choices=ON_ERROR, help="skip undecodable images (reported) or fail")
-    extract.add_argument("--compression", choices=COMPRESSIONS, help="HDF5 compression")
-    extract.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None, help="GPU only")
-    extract.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None, help="GPU only")
-    extract.add_argument("--cluster", help="extract in shards on Dask: local:N processes, tcp://host:port, or null")
-    extract.add_argument("--shard-size", type=int, help="images per shard on a cluster (default 1024)")
-    extract.add_argument("--reuse", type=int, help="earlier outputs' configs kept for reuse (default 3; 0: off)")
+    extract = commands.add_parser(
+        "extract", help="extract features from images into an HDF5 file", description=EXTRACT_DESCRIPTION
+    )
+    extract.add_argument(
+        "--images", help="image folder (split/class, class or flat) or a CSV manifest (default: data.images of the params file)"
+    )
+    extract.add_argument(
+        "--image-root", help="folder that CSV paths are relative to (default: the CSV's folder; with data.images: data.image_root)"
+    )
+    extract.add_argument("--out", required=True, help="features file to write (.h5); its folder must exist")
+    extract.add_argument(
+        "--params", help=f"params file whose data and extract sections are the base (default: {DEFAULT_PARAMS} if present)"
+    )
+    add_config_flags(extract)
     extract.set_defaults(func=cmd_extract)
 
     reuse = commands.add_parser("reuse", help="list or prune the earlier outputs kept for incremental extraction")

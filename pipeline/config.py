@@ -71,6 +71,56 @@ def _from_mapping(cls, name: str, mapping: Any, required: tuple[str, ...] = ()):
     return cls(**check_keys(name, mapping, allowed, required))
 
 
+# The folder the built-in demo digits are written to (the prepare stage's only output), and data.images' default.
+DEMO_IMAGES = "data/demo"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``data`` section: where the images are, the one key a user changes to run everything on their own.
+
+    ``images`` is a folder (split folders, class folders or loose images) or a ``.csv`` manifest, relative to the
+    project folder or absolute. ``image_root`` is for a CSV source only: the folder its filenames are relative to
+    (null: the CSV's own folder).
+    """
+
+    images: str = DEMO_IMAGES
+    image_root: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.images, str) or not self.images.strip():
+            raise ConfigError(
+                f"data.images must be the path of an image folder or a .csv manifest. Received: data.images={self.images!r}"
+            )
+        if self.image_root is not None:
+            if not isinstance(self.image_root, str) or not self.image_root.strip():
+                raise ConfigError(
+                    "data.image_root must be null or the folder a CSV manifest's filenames are relative to. "
+                    f"Received: data.image_root={self.image_root!r}"
+                )
+            if not self.is_csv:
+                raise ConfigError(
+                    "data.image_root applies to a .csv manifest only (a folder is its own image root): set it to null, "
+                    f"or point data.images at a .csv file. Received: data.images={self.images!r}, "
+                    f"data.image_root={self.image_root!r}"
+                )
+
+    @property
+    def is_csv(self) -> bool:
+        return Path(self.images).suffix.lower() == ".csv" and not Path(self.images).is_dir()
+
+    @property
+    def root(self) -> Path:
+        """The folder every image path of this source is relative to."""
+        if not self.is_csv:
+            return Path(self.images)
+        return Path(self.image_root) if self.image_root is not None else Path(self.images).parent
+
+    @classmethod
+    def from_params(cls, mapping: Any) -> DataConfig:
+        return _from_mapping(cls, "data", mapping, required=("images",))
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """How the built-in digits dataset is rendered and split."""
@@ -92,13 +142,41 @@ class PrepareConfig:
         return _from_mapping(cls, "prepare", mapping)
 
 
+def param_fields(cls) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are keys of its params section, in order, each described by
+    ``metadata["help"]``; a field with ``metadata={"param": False}`` is not a key."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("param", True)]
+
+
+def param_keys(cls, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """Every key a config dataclass's params section takes, as (dotted key, the field that describes it), in order.
+
+    A nested config (a field whose ``default_factory`` is a config dataclass) gives its keys under its name
+    (``split.seed``); a field with ``metadata["defaults"]`` (a config dataclass) is followed by that class's keys,
+    which the section takes as defaults for every entry (``extract.pooling``: every layer's pooling).
+    """
+    keys = []
+    for f in param_fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):
+            keys += param_keys(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            keys.append((f"{prefix}{f.name}", f))
+        if "defaults" in f.metadata:
+            keys += param_keys(f.metadata["defaults"], prefix)
+    return keys
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One layer to extract, with its spatial pooling and storage dtype."""
 
-    name: str
-    pooling: str = "avg"
-    dtype: str = "float32"
+    name: str = field(metadata={"param": False})  # the key of its entry in extract.layers
+    pooling: str = field(
+        default="avg", metadata={"help": f"spatial pooling of each layer's output: {' | '.join(POOLINGS)}"}
+    )
+    dtype: str = field(
+        default="float32", metadata={"help": f"storage dtype of each layer's features: {' | '.join(DTYPES)}"}
+    )
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -109,11 +187,12 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """How images of a source without split folders or a split column are split: stratified, seeded."""
+    """How images of a source without split folders or a split column are split: by a hash of each image's content
+    keyed by ``seed`` (``pipeline.dataset.content_split``), so that no image ever moves as the dataset changes."""
 
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
+    val_fraction: float = field(default=0.15, metadata={"help": "fraction of the images in the val split"})
+    test_fraction: float = field(default=0.15, metadata={"help": "fraction of the images in the test split"})
+    seed: int = field(default=0, metadata={"help": "keys the content hash that decides each image's split"})
 
     def __post_init__(self):
         check_split("extract.split", self.val_fraction, self.test_fraction, self.seed)
@@ -129,11 +208,14 @@ class AugmentConfig:
     a rotation of up to ``rotation`` degrees either way, and a crop keeping at least ``crop`` of each side, resized
     back. ``flip`` none | horizontal | vertical | both; ``rotation`` 0 and ``crop`` 1 turn those off."""
 
-    flip: str = "none"
-    rotation: float = 10.0
-    crop: float = 0.9
-    seed: int = 0
-    section: str = field(default="augment", compare=False, repr=False)  # where it was set, for error messages
+    flip: str = field(default="none", metadata={"help": f"random flip: {' | '.join(FLIPS)}"})
+    rotation: float = field(default=10.0, metadata={"help": "rotate by up to this many degrees either way; 0: off"})
+    crop: float = field(
+        default=0.9, metadata={"help": "crop keeping at least this fraction of each side, resized back; 1: off"}
+    )
+    seed: int = field(default=0, metadata={"help": "seeds the augmentation stream"})
+    # where it was set, for error messages
+    section: str = field(default="augment", compare=False, repr=False, metadata={"param": False})
 
     def __post_init__(self):
         check_one_of(f"{self.section}.flip", self.flip, FLIPS)
@@ -153,11 +235,10 @@ class AugmentConfig:
 
     @classmethod
     def from_params(cls, mapping: Any, section: str = "augment") -> AugmentConfig:
-        keys = [f.name for f in dataclasses.fields(cls) if f.name != "section"]
-        return cls(**check_keys(section, mapping, keys), section=section)
+        return cls(**check_keys(section, mapping, [f.name for f in param_fields(cls)]), section=section)
 
     def to_params(self) -> dict[str, Any]:
-        return {"flip": self.flip, "rotation": self.rotation, "crop": self.crop, "seed": self.seed}
+        return {f.name: getattr(self, f.name) for f in param_fields(type(self))}
 
 
 @dataclass(frozen=True)
@@ -171,24 +252,75 @@ class ExtractConfig:
     later extraction with one of them computes only images it has not seen (see ``pipeline.reuse``; 0: off).
     """
 
-    backbone: str = "mobilenet"
-    weights: str | None = "imagenet"
-    input_size: tuple[int, int] | None = None
-    interpolation: str = "bilinear"
-    preprocessing: str | None = None
-    layers: tuple[LayerSpec, ...] = ()
-    batch_size: int | str = "auto"
-    compression: str | None = None
-    on_error: str = "skip"
-    mixed_precision: bool = False
-    xla: bool = False
-    pixels: int | None = None
-    split: SplitConfig = field(default_factory=SplitConfig)
-    augment_views: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cluster: str | None = None
-    shard_size: int = 1024
-    reuse: int = 3
+    backbone: str = field(
+        default="mobilenet",
+        metadata={"help": "a keras.applications name (vgg16, resnet50, mobilenet, ...) or a .keras file"},
+    )
+    weights: str | None = field(
+        default="imagenet", metadata={"help": "imagenet | null (random, NOT pretrained) | a weights file"}
+    )
+    input_size: tuple[int, int] | None = field(
+        default=None,
+        metadata={"help": "height and width the images are resized to; null: the backbone's native size",
+                  "metavar": ("H", "W")},
+    )
+    interpolation: str = field(default="bilinear", metadata={"help": f"resize filter: {' | '.join(INTERPOLATIONS)}"})
+    preprocessing: str | None = field(
+        default=None,
+        metadata={"help": f"for a .keras backbone only, the input scaling it was trained with: "
+                          f"{' | '.join(PREPROCESSING_MODES)}"},
+    )
+    layers: tuple[LayerSpec, ...] = field(
+        default=(),
+        metadata={"help": "the layers to extract, all in one forward pass: names (comma-separated), or a mapping "
+                          "name -> {pooling, dtype}", "metavar": "NAME,...", "defaults": LayerSpec},
+    )
+    batch_size: int | str = field(
+        default="auto", metadata={"help": "images per batch, or auto: 256 with a GPU, 32 on CPU"}
+    )
+    compression: str | None = field(
+        default=None, metadata={"help": f"HDF5 compression (lossless): null | {' | '.join(COMPRESSIONS)}"}
+    )
+    on_error: str = field(
+        default="skip",
+        metadata={"help": "skip: undecodable images are left out and listed in <features>.skipped.csv | fail: stop at "
+                          "the first"},
+    )
+    mixed_precision: bool = field(
+        default=False,
+        metadata={"help": "GPU only (a logged no-op on CPU): float16 compute, features stored in their dtype"},
+    )
+    xla: bool = field(default=False, metadata={"help": "GPU only (a logged no-op on CPU): XLA-compiled forward pass"})
+    pixels: int | None = field(
+        default=None,
+        metadata={"help": f"also store the decoded images box-downscaled to this side length as layer {PIXELS!r} (the "
+                          "raw-pixel baseline); null: none"},
+    )
+    split: SplitConfig = field(
+        default_factory=SplitConfig,
+        metadata={"help": "for sources without split folders or a split column: each image's split from a hash of its "
+                          "content keyed by the seed"},
+    )
+    augment_views: int = field(
+        default=0, metadata={"help": "also store this many seeded augmented views of each train image; 0: none"}
+    )
+    augment: AugmentConfig = field(
+        default_factory=AugmentConfig,
+        metadata={"help": "how the augmented views are made, from the decoded image before the backbone"},
+    )
+    cluster: str | None = field(
+        default=None,
+        metadata={"help": "null: one process | local:N: a Dask LocalCluster of N worker processes | tcp://host:port: "
+                          "a running Dask scheduler"},
+    )
+    shard_size: int = field(
+        default=1024, metadata={"help": "images per shard on a cluster (rounded up to a multiple of the batch size)"}
+    )
+    reuse: int = field(
+        default=3,
+        metadata={"help": "keep the outputs of this many most recent configs, so that a re-run with one of them "
+                          "computes only new or changed images; 0: off"},
+    )
 
     def __post_init__(self):
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -213,7 +345,7 @@ class ExtractConfig:
         for flag in ("mixed_precision", "xla"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"extract.{flag} must be true or false. Received: {getattr(self, flag)!r}")
-        if isinstance(self.split, Mapping):
+        if not isinstance(self.split, SplitConfig):
             object.__setattr__(self, "split", SplitConfig.from_params(self.split))
         if self.pixels is not None:
             check_int("extract.pixels", self.pixels, minimum=1)
@@ -236,9 +368,10 @@ class ExtractConfig:
 
     @classmethod
     def from_params(cls, mapping: Any) -> ExtractConfig:
-        allowed = [f.name for f in dataclasses.fields(cls)] + ["pooling", "dtype"]
+        options = param_fields(LayerSpec)  # as section keys: the defaults of every layer
+        allowed = [f.name for f in param_fields(cls) + options]
         mapping = dict(check_keys("extract", mapping, allowed, required=["layers"]))
-        defaults = {"pooling": mapping.pop("pooling", "avg"), "dtype": mapping.pop("dtype", "float32")}
+        defaults = {f.name: mapping.pop(f.name, f.default) for f in options}
         mapping["layers"] = _layer_specs(mapping["layers"], defaults)
         return cls(**mapping)
 
@@ -285,7 +418,7 @@ def _layer_specs(layers: Any, defaults: Mapping[str, str]) -> tuple[LayerSpec, .
     if isinstance(layers, Mapping):
         specs = []
         for name, options in layers.items():
-            options = check_keys(f"extract.layers.{name}", options or {}, ["pooling", "dtype"])
+            options = check_keys(f"extract.layers.{name}", options or {}, [f.name for f in param_fields(LayerSpec)])
             specs.append(LayerSpec(name=name, **{**defaults, **options}))
         return tuple(specs)
     if isinstance(layers, (list, tuple)):

@@ -151,7 +151,7 @@ def score(y: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None, n_clas
         "accuracy": float(accuracy_score(y, predicted)),
         "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
         "macro_f1": float(f1_score(y, predicted, average="macro")),
-        "n": int(len(y)),
+        "n": len(y),
     }
     if proba is not None:
         labels = np.arange(n_classes)

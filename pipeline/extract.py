@@ -16,14 +16,14 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import __version__, accelerate
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, check_writable, disk_full_reported
 from pipeline.augment import augment_views
 from pipeline.backbone import Backbone, load_backbone
 from pipeline.config import PIXELS, PLACEMENT, ExtractConfig, LayerSpec, config_hash
 from pipeline.dataset import Manifest, read_images
 from pipeline.images import iter_batches
-from pipeline.reuse import Reuse, candidates, remember
-from pipeline.store import COPY_PIECE_BYTES, FeatureWriter, row_nbytes
+from pipeline.reuse import Reuse, candidates, remember, reuse_folder
+from pipeline.store import COPY_PIECE_BYTES, FeatureWriter, check_replaceable, longest, row_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,7 @@ def write_features(
     with FeatureWriter(
         out, capacity=n, layers=features.layers, attrs=attrs, compression=config.compression,
         resume_key=resume_key(attrs["config_hash"], attrs["manifest_sha256"]), views=views,
+        path_bytes=longest(manifest.paths), split_bytes=longest(manifest.splits),
     ) as writer, tqdm(total=n, initial=writer.position, unit="img", desc="extract", disable=not show_progress) as progress:
         started, resumed_at = time.perf_counter(), writer.position
         batches = iter_batches(
@@ -302,7 +303,13 @@ def write_features(
 def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path) -> Extracted:
     """Run the frozen backbone over every image of ``manifest`` and write ``out`` (HDF5), resumably: in this
     process, or in shards on ``config.cluster`` merged into the same file. Rows of images already extracted with
-    this config (same content hash, in the kept earlier outputs or in ``out``) are copied, not computed."""
+    this config (same content hash, in the kept earlier outputs or in ``out``) are copied, not computed.
+
+    An output folder that cannot be written is refused before the model loads; a disk without room for the file,
+    before the first batch; a disk that fills up later stops the run with a one-line error, the work kept. A file at
+    ``out`` that is not a features file is never replaced."""
+    check_writable(out)
+    check_replaceable(out)
     compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
     features = load_feature_model(config, compute)
     log.info(
@@ -320,8 +327,10 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
 
             result = extract_on_cluster(features, config, compute, manifest, out, reuse)
     log.info("%d rows reused from earlier extractions, %d images computed", result.reused, result.computed)
-    remember(out, attrs, config.reuse)
-    write_skipped_report(skipped_report_path(out), result.skipped)
+    with disk_full_reported(reuse_folder(out)):
+        remember(out, attrs, config.reuse)
+    with disk_full_reported(skipped_report_path(out)):
+        write_skipped_report(skipped_report_path(out), result.skipped)
     if result.skipped:
         log.warning(
             "%d of %d images could not be decoded; see %s", len(result.skipped), len(manifest), skipped_report_path(out)

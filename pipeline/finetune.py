@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -187,7 +188,7 @@ def _chain(head) -> list:
     """The head's layers after its input, refused unless each takes the previous one's output (one path)."""
     layers = list(head.layers)
     if len(head.inputs) != 1 or len(head.outputs) != 1 or any(
-        item.input is not previous.output for previous, item in zip(layers, layers[1:])
+        item.input is not previous.output for previous, item in itertools.pairwise(layers)
     ):
         raise ConfigError(f"head {head.name} is not a chain of layers; fine-tuning rebuilds it layer by layer")
     return layers[1:]

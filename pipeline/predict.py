@@ -17,9 +17,9 @@ from pipeline.backbone import Backbone, load_backbone
 from pipeline.config import PIXELS, ExtractConfig, LayerSpec, config_hash
 from pipeline.dataset import IMAGE_EXTENSIONS, image_files
 from pipeline.extract import feature_identity, pooled_shape, stored_values
-from pipeline.images import iter_batches
 from pipeline.finetune import KIND as FINETUNED
 from pipeline.finetune import load_finetuned, preprocess_function
+from pipeline.images import iter_batches
 from pipeline.models import load_model, read_metadata
 from pipeline.validation import ConfigError, check_int
 

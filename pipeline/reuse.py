@@ -176,6 +176,8 @@ def prune(out: str | Path, keep: int) -> list[str]:
     for path in folder.glob("*.h5"):  # files the index does not know (an interrupted run): never reused, removed
         if path.name not in known:
             path.unlink()
+    for path in folder.glob(".*.partial"):  # a link or copy being made when a run was killed
+        path.unlink()
     if index:
         write_json(folder / INDEX, index)
     else:

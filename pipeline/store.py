@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,16 +16,24 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.atomic import temporary_sibling
-from pipeline.validation import ConfigError, check_int, check_one_of
+from pipeline.atomic import atomic_file, is_disk_full, temporary_sibling
+from pipeline.validation import (
+    ConfigError,
+    UserError,
+    check_int,
+    check_one_of,
+    format_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 SPLIT_PIECE = 1 << 16  # rows of the split column read at a time
-STRING = h5py.string_dtype()
 SHA256 = "S64"  # a row's image content hash, hex
 COPY_PIECE_BYTES = 64 << 20  # rows copied between features files (merge, reuse) this many bytes at a time
+PATH_BYTES = 255  # the longest path (UTF-8 bytes) a writer takes unless told the longest it will get
+SPLIT_BYTES = 16  # the same for split names
+OVERHEAD_BYTES = 64 << 10  # HDF5's own structures and the finishing steps' undo record (measured: under 32 KiB each)
 
 
 def row_nbytes(layers: Mapping[str, tuple[tuple[int, ...], str]]) -> int:
@@ -36,19 +47,71 @@ def rows_per_chunk(row_shape: Sequence[int], dtype: str, target_bytes: int = CHU
     return max(1, target_bytes // max(row_bytes, 1))
 
 
+def text_dtype(length: int) -> np.dtype:
+    """Fixed-length UTF-8 strings of up to ``length`` bytes: written in place, they change no HDF5 metadata (variable-
+    length strings live in the file's global heap); ``.asstr()`` reads them as str."""
+    return h5py.string_dtype("utf-8", length=max(1, length))
+
+
+def longest(values: Iterable[str]) -> int:
+    """UTF-8 bytes of the longest of ``values`` (0 if none): the ``path_bytes`` or ``split_bytes`` a writer needs."""
+    return max((len(value.encode()) for value in values), default=0)
+
+
+def _encode(values: Sequence[str], dtype: np.dtype, name: str) -> np.ndarray:
+    """``values`` as UTF-8 in the fixed-length ``dtype``; a longer value is refused, never cut."""
+    raw = [value.encode() for value in values]
+    for value in raw:
+        if len(value) > dtype.itemsize:
+            raise ValueError(
+                f"/{name} holds strings of at most {dtype.itemsize} bytes (UTF-8). Received: {value.decode()!r} "
+                f"({len(value)} bytes)"
+            )
+    return np.array(raw, dtype=dtype)
+
+
+def _row_datasets(
+    capacity: int, layers: Mapping[str, tuple[tuple[int, ...], str]], views: int, path_bytes: int, split_bytes: int
+) -> dict[str, tuple[tuple[int, ...], np.dtype, int, float | None]]:
+    """The row-aligned datasets of a features file, in the order they are made: name -> (shape, dtype, rows per
+    chunk, fill value)."""
+    columns = {"paths": text_dtype(path_bytes), "labels": np.dtype(np.int64), "split": text_dtype(split_bytes),
+               "sha256": np.dtype(SHA256)}
+    layout = {name: ((capacity,), dtype, 4096, None) for name, dtype in columns.items()}
+    for name, (row_shape, dtype) in layers.items():
+        layout[f"features/{name}"] = ((capacity, *row_shape), np.dtype(dtype), rows_per_chunk(row_shape, dtype), None)
+        if views:
+            shape = (views, *row_shape)
+            layout[f"views/{name}"] = ((capacity, *shape), np.dtype(dtype), rows_per_chunk(shape, dtype), np.nan)
+    return layout
+
+
 class FeatureWriter:
     """Write a features file at a temporary path beside ``path``, resumably; rename it into place when complete.
 
     Rows are written in manifest order, skipping images that could not be decoded; ``/sha256`` holds each row's
     image content hash. With ``views`` K, ``/views/<layer>`` holds K augmented views per row, row-aligned to
-    ``/features/<layer>`` (rows written without views, those outside the train split, stay NaN). After every batch the data,
-    then the ``/progress`` dataset ``[manifest position, rows written]`` are written and the file is flushed, so
-    a process killed at any point leaves a temporary file that a new writer with the same ``resume_key`` (the
-    config hash and the manifest hash) continues from. A different key discards the old work, with a log line.
-    Uncompressed datasets are allocated in full up front, so later writes change no HDF5 metadata.
+    ``/features/<layer>`` (rows written without views, those outside the train split, stay NaN). ``path_bytes`` and
+    ``split_bytes``: the longest path and split name that will be written (UTF-8 bytes; see ``longest``).
 
-    Use as a context manager: on a clean exit the datasets are trimmed to the rows written, ``complete`` is set
-    and the file is renamed to ``path``; after an error the temporary file stays for the next run to resume.
+    Crash safety, against a process killed at any point (SIGKILL included):
+
+    - The temporary file is created whole under another name and renamed. Every dataset is allocated (and zero-filled)
+      in full, and strings have a fixed length, so an uncompressed file's HDF5 metadata never changes while rows are
+      written. (A compressed file allocates chunks as they are written: a kill during a flush can damage it; a file
+      that cannot be continued is discarded, see below.)
+    - After every batch the rows are written and flushed, then the ``/progress`` dataset ``[manifest position, rows
+      written]``, flushed: progress never counts rows that are not in the file. Skipped images go to an append-only
+      log beside the file (``.<name>.skipped.partial``), tagged with the progress they were written at.
+    - The finishing steps (trim to the rows written, ``/split_code``, ``/skipped``, attributes) change metadata in
+      place, so first every byte outside the row data is saved beside the file (``.<name>.undo.partial``); a run
+      killed during them is rolled back by the next writer and finished again. Then the file is renamed to ``path``.
+    - A new writer with the same ``resume_key`` (the config hash and the manifest hash) continues from the last
+      marked batch; a different key, or a file that cannot be continued, discards the old work with a log line.
+
+    Before anything is written, an uncompressed file's size is checked against the free disk space; a disk that fills
+    up later is a one-line error that keeps the work for the next run. Use as a context manager: on a clean exit the
+    file is finished and renamed to ``path``; after an error the temporary file stays for the next run to resume.
     """
 
     def __init__(
@@ -61,75 +124,168 @@ class FeatureWriter:
         resume_key: str,
         compression: str | None = None,
         views: int = 0,
+        path_bytes: int = PATH_BYTES,
+        split_bytes: int = SPLIT_BYTES,
     ):
         self.path = Path(path)
         self.tmp = temporary_sibling(self.path)
+        self.skipped_log = temporary_sibling(self.path, ".skipped.partial")
+        self.undo = temporary_sibling(self.path, ".undo.partial")
         if capacity == 0:
             raise ConfigError(f"no images to extract into {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.layout = _row_datasets(capacity, layers, views, path_bytes, split_bytes)
+        self.compression = compression
+        self._skipped: list[tuple[str, str]] = []
         self.file = self._resume(resume_key)
-        if self.file is None:
-            self.file = h5py.File(self.tmp, "w")
-            try:
-                self._create(capacity, layers, attrs, resume_key, compression, views)
-            except BaseException:
-                self.file.close()
-                self.tmp.unlink(missing_ok=True)
-                raise
+        try:
+            with self._guard():
+                self._check_space()
+                if self.file is None:
+                    self.file = self._create(attrs, resume_key)
+        except BaseException:
+            self._close()
+            raise
         self.position, self.rows = (int(v) for v in self.file["progress"][()])
 
     def _resume(self, resume_key: str) -> h5py.File | None:
-        """Open the temporary file of an interrupted run with the same key, or remove it and return None."""
+        """The temporary file of an interrupted run with the same key (its finishing steps rolled back, if it was
+        killed during them), or None once whatever cannot be continued is removed, with a log line saying why."""
+        temporary_sibling(self.tmp).unlink(missing_ok=True)  # a temporary file killed while being created
         if not self.tmp.exists():
+            self._remove_partial()  # logs of a run that finished, or was killed before its file appeared
             return None
         try:
+            if self.undo.exists():
+                self._roll_back()
             f = h5py.File(self.tmp, "r+")
-        except OSError as error:
-            log.warning("discarding unreadable partial file %s (%s); starting again", self.tmp, error)
-            self.tmp.unlink()
-            return None
-        if f.attrs.get("resume_key") == resume_key and "progress" in f:
-            position, rows = f["progress"][()]
-            log.info("resuming %s: %d images done, %d rows written", self.path, position, rows)
-            return f
-        f.close()
-        log.warning("discarding partial work in %s: the config or the image list changed", self.tmp)
-        self.tmp.unlink()
+        except (OSError, ValueError, KeyError) as error:
+            return self._discard(f"it is unreadable ({error})")
+        try:
+            why = self._unusable(f, resume_key)
+        except (OSError, ValueError, KeyError) as error:
+            why = f"it is damaged ({error})"
+        if why is not None:
+            f.close()
+            return self._discard(why)
+        position, rows = f["progress"][()]
+        self._read_skipped_log(position)
+        log.info("resuming %s: %d images done, %d rows written", self.path, position, rows)
+        return f
+
+    def _unusable(self, f: h5py.File, resume_key: str) -> str | None:
+        """Why the temporary file ``f`` cannot be continued with ``resume_key`` (None: it can)."""
+        if f.attrs.get("resume_key") != resume_key:
+            return "the config or the image list changed"
+        for name, (shape, dtype, chunk_rows, _) in self.layout.items():
+            if name not in f or f[name].shape != shape or f[name].dtype != dtype:
+                return f"/{name} is missing or has another shape or type than this run writes"
+            chunks = -(-shape[0] // min(chunk_rows, shape[0]))
+            if self.compression is None and f[name].id.get_num_chunks() != chunks:  # reads the chunk index
+                return f"/{name} has {f[name].id.get_num_chunks()} of its {chunks} chunks"
+        if not self.skipped_log.is_file():
+            return f"its log of skipped images {self.skipped_log} is missing"
+        position, rows = (int(v) for v in f["progress"][()])
+        if not 0 <= rows <= position <= self.layout["labels"][0][0]:
+            return f"its progress record is impossible ({position} images done, {rows} rows written)"
         return None
 
-    def _create(self, capacity, layers, attrs, resume_key, compression, views) -> None:
-        f = self.file
-        structured = [key for key, value in attrs.items() if isinstance(value, (dict, list, tuple))]
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value) if key in structured else value
-        f.attrs["json_attrs"] = json.dumps(structured)
-        f.attrs["resume_key"] = resume_key
-        f.attrs["complete"] = False
+    def _discard(self, why: str) -> None:
+        log.warning("discarding partial work in %s: %s; starting again", self.tmp, why)
+        self._remove_partial()
 
-        def create(name, row_shape, dtype, chunk_rows, fillvalue=None):
-            dcpl = None
-            if compression is None:
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            f.create_dataset(
-                name, shape=(capacity, *row_shape), maxshape=(None, *row_shape), dtype=dtype,
-                chunks=(min(chunk_rows, capacity), *row_shape), compression=compression, dcpl=dcpl, track_times=False,
-                fillvalue=fillvalue,
+    def _remove_partial(self) -> None:
+        """Remove the temporary file and the logs beside it."""
+        for path in (self.tmp, self.skipped_log, self.undo, temporary_sibling(self.undo)):
+            path.unlink(missing_ok=True)
+
+    def _check_space(self) -> None:
+        """Refuse, before the first batch, a disk without room for the whole file: its datasets in whole chunks (an
+        uncompressed file is allocated, and zero-filled, when it is created), less what a resumed temporary file
+        already holds. A compressed file's size is not known in advance: that is logged, not refused."""
+        if self.compression is not None:
+            log.info(
+                "%s is compressed (%s): its size is not known in advance, so free disk space is not checked",
+                self.path, self.compression,
+            )
+            return
+        capacity = self.layout["labels"][0][0]
+        total = OVERHEAD_BYTES + capacity  # /split_code: a byte per row
+        for shape, dtype, chunk_rows, _ in self.layout.values():  # allocated, and written, in whole chunks
+            rows = min(chunk_rows, capacity)
+            total += -(-capacity // rows) * rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        held = self.tmp.stat().st_blocks * 512 if self.tmp.exists() else 0
+        free = shutil.disk_usage(self.path.parent).free
+        if total - held > free:
+            kept = f" more ({format_bytes(total)} in all, {format_bytes(held)} already in {self.tmp})" if held else ""
+            raise UserError(
+                f"not enough disk space to write {self.path}: it needs {format_bytes(total - held)}{kept}, and "
+                f"{self.path.parent} has {format_bytes(free)} free"
             )
 
-        create("paths", (), STRING, 4096)
-        create("labels", (), np.int64, 4096)
-        create("split", (), STRING, 4096)
-        create("sha256", (), SHA256, 4096)
-        for name, (row_shape, dtype) in layers.items():
-            create(f"features/{name}", row_shape, dtype, rows_per_chunk(row_shape, dtype))
-            if views:
-                shape = (views, *row_shape)
-                create(f"views/{name}", shape, dtype, rows_per_chunk(shape, dtype), fillvalue=np.nan)
-        for name in ("skipped/path", "skipped/reason"):
-            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=STRING, chunks=(256,), track_times=False)
-        f.create_dataset("progress", data=np.zeros(2, dtype=np.int64), track_times=False)
-        f.flush()
+    def _create(self, attrs: Mapping[str, Any], resume_key: str) -> h5py.File:
+        """A new temporary file with every dataset allocated, made under another name and renamed, so that the
+        temporary path only ever holds a whole file; and an empty log of skipped images beside it."""
+        self.skipped_log.write_bytes(b"")
+        building = temporary_sibling(self.tmp)
+        try:
+            with h5py.File(building, "w") as f:
+                structured = [key for key, value in attrs.items() if isinstance(value, (dict, list, tuple))]
+                for key, value in attrs.items():
+                    f.attrs[key] = json.dumps(value) if key in structured else value
+                f.attrs["json_attrs"] = json.dumps(structured)
+                f.attrs["resume_key"] = resume_key
+                f.attrs["complete"] = False
+                for name, (shape, dtype, chunk_rows, fillvalue) in self.layout.items():
+                    dcpl = None
+                    if self.compression is None:
+                        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                    f.create_dataset(
+                        name, shape=shape, maxshape=(None, *shape[1:]), dtype=dtype,
+                        chunks=(min(chunk_rows, shape[0]), *shape[1:]), compression=self.compression, dcpl=dcpl,
+                        track_times=False, fillvalue=fillvalue,
+                    )
+                f.create_dataset("progress", data=np.zeros(2, dtype=np.int64), track_times=False)
+            os.replace(building, self.tmp)
+        except BaseException:
+            building.unlink(missing_ok=True)
+            raise
+        return h5py.File(self.tmp, "r+")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A full disk becomes a one-line error that keeps the work for the next run; an HDF5 error (a damaged file)
+        removes the temporary file, so that the next run starts over, and says so in one line."""
+        try:
+            yield
+        except (OSError, ValueError) as error:
+            if is_disk_full(error):
+                self._close()
+                kept = (
+                    f"the work done so far is kept in {self.tmp}: free some space and run the same command again to "
+                    "resume it" if self.tmp.exists() else "free some space and run the same command again"
+                )
+                free = shutil.disk_usage(self.path.parent).free
+                raise UserError(
+                    f"cannot write {self.path}: no space left on device ({format_bytes(free)} free); {kept}"
+                ) from error
+            if isinstance(error, OSError) and error.errno is None:  # HDF5's errors carry no errno
+                self._close()
+                self._remove_partial()
+                raise UserError(
+                    f"cannot write {self.tmp}: {error}; it was removed, so the same command starts over"
+                ) from error
+            raise
+
+    def _close(self) -> None:
+        """Close the file after a failure (closing flushes, and may fail the same way: the work on disk stays)."""
+        if self.file is None:
+            return
+        try:
+            self.file.close()
+        except (OSError, RuntimeError, ValueError) as error:
+            log.debug("closing %s after a failure: %s", self.tmp, error)
 
     def write(
         self,
@@ -147,49 +303,139 @@ class FeatureWriter:
         ``hashes``: the rows' image content hashes (None: unknown, empty). ``views``: per layer, the rows' views
         ``(rows, K, ...)`` (NaN rows where none were made); required when the file was created with views.
 
-        ``position`` None appends without marking: the rows count once a later write marks a position (a resumed
-        writer overwrites them), so a batch can be written in pieces; pass its ``skipped`` with the marking write.
+        ``position`` None appends without marking: the rows and skipped files count once a later write marks a
+        position (a resumed writer overwrites them), so a batch can be written in pieces.
         """
         f, start, stop = self.file, self.rows, self.rows + len(paths)
-        if len(paths):
-            for name, values in features.items():
-                dataset = f["features"][name]
-                dataset[start:stop] = values.astype(dataset.dtype, copy=False)
-            f["paths"][start:stop] = np.asarray(paths, dtype=object)
-            f["labels"][start:stop] = labels
-            f["split"][start:stop] = np.asarray(splits, dtype=object)
-            if hashes is not None:
-                f["sha256"][start:stop] = np.asarray(hashes, dtype=SHA256)
-            if "views" in f:
-                for name in f["views"]:
-                    dataset = f["views"][name]
-                    dataset[start:stop] = views[name].astype(dataset.dtype, copy=False)
-        if skipped:
-            done = f["skipped/path"].shape[0]
-            for name, column in zip(("path", "reason"), zip(*skipped)):
-                dataset = f["skipped"][name]
-                dataset.resize((done + len(skipped),))
-                dataset[done:] = np.asarray(column, dtype=object)
-        self.rows = stop
-        if position is not None:
-            f["progress"][:] = (position, stop)
-            f.flush()
-            self.position = position
+        with self._guard():
+            if len(paths):
+                for name, values in features.items():
+                    dataset = f["features"][name]
+                    dataset[start:stop] = values.astype(dataset.dtype, copy=False)
+                f["paths"][start:stop] = _encode(paths, f["paths"].dtype, "paths")
+                f["labels"][start:stop] = labels
+                f["split"][start:stop] = _encode(splits, f["split"].dtype, "split")
+                if hashes is not None:
+                    f["sha256"][start:stop] = np.asarray(hashes, dtype=SHA256)
+                if "views" in f:
+                    for name in f["views"]:
+                        dataset = f["views"][name]
+                        dataset[start:stop] = views[name].astype(dataset.dtype, copy=False)
+            if skipped:
+                self._log_skipped(skipped)
+            self.rows = stop
+            if position is not None:
+                f.flush()  # the rows are in the file before the progress that counts them
+                f["progress"][:] = (position, stop)
+                f.flush()
+                self.position = position
+
+    def _log_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
+        """Append ``skipped`` (path, reason) to the log beside the file, each line ``[position, path, reason]`` with
+        the position marked before them: a resumed writer keeps the lines of batches marked done since."""
+        with self.skipped_log.open("a") as lines:
+            lines.writelines(json.dumps([self.position, path, reason]) + "\n" for path, reason in skipped)
+        self._skipped.extend(skipped)
+
+    def _read_skipped_log(self, position: int) -> None:
+        """Keep the log's lines of batches marked done (written before ``position``); cut off the rest, a torn last
+        line included."""
+        kept, size = [], 0
+        with self.skipped_log.open("rb") as lines:
+            for line in lines:
+                try:
+                    mark, path, reason = json.loads(line)
+                except (ValueError, TypeError):
+                    break
+                if not line.endswith(b"\n") or mark >= position:
+                    break
+                kept.append((path, reason))
+                size += len(line)
+        os.truncate(self.skipped_log, size)
+        self._skipped = kept
 
     def skipped(self) -> list[tuple[str, str]]:
         """(path, reason) of every file skipped so far, including before a resume."""
-        return list(zip(self.file["skipped/path"].asstr()[()], self.file["skipped/reason"].asstr()[()]))
+        return list(self._skipped)
 
     def __enter__(self) -> FeatureWriter:
         return self
 
+    def _save_undo(self) -> None:
+        """Save what the finishing steps may change, so that a run killed during them can be rolled back: the file's
+        size, its inode, and every byte outside the row data (HDF5's metadata, a few KiB). A compressed chunk that
+        the trim rewrites (the one holding the last rows) moves and frees its old place, so those are saved too.
+        The file is reopened first, so that the finishing steps start from the state a rolled-back file starts
+        from: the same bytes."""
+        self.file.close()
+        self.file = h5py.File(self.tmp, "r+")
+        extents = []
+
+        def add(_, obj):
+            if not isinstance(obj, h5py.Dataset):
+                return
+            if obj.chunks is None:
+                extents.append((obj.id.get_offset(), obj.id.get_storage_size()))
+                return
+
+            def chunk(info):
+                if obj.compression is None or not 0 < self.rows - info.chunk_offset[0] < obj.chunks[0]:
+                    extents.append((info.byte_offset, info.size))
+
+            obj.id.chunk_iter(chunk)
+
+        self.file.visititems(add)
+        size, gaps, end = self.tmp.stat().st_size, [], 0
+        for offset, length in sorted(extents):
+            if offset > end:
+                gaps.append((end, offset - end))
+            end = max(end, offset + length)
+        if size > end:
+            gaps.append((end, size - end))
+        header = {"inode": self.tmp.stat().st_ino, "size": size, "gaps": gaps}
+        with atomic_file(self.undo) as building, building.open("wb") as out, self.tmp.open("rb") as source:
+            out.write(json.dumps(header).encode() + b"\n")
+            for offset, length in gaps:
+                source.seek(offset)
+                out.write(source.read(length))
+
+    def _roll_back(self) -> None:
+        """Put back the bytes ``_save_undo`` saved: the temporary file as it was before the interrupted finishing
+        steps. Killed half way, it is simply done again."""
+        with self.undo.open("rb") as undo:
+            header = json.loads(undo.readline())
+            if header["inode"] != self.tmp.stat().st_ino:
+                raise ValueError(f"{self.undo} was saved from another file")
+            with self.tmp.open("r+b") as target:
+                for offset, length in header["gaps"]:
+                    saved = undo.read(length)
+                    if len(saved) != length:
+                        raise ValueError(f"{self.undo} is cut short")
+                    target.seek(offset)
+                    target.write(saved)
+                target.truncate(header["size"])
+        self.undo.unlink()
+        log.info("rolled back the interrupted finishing steps of %s", self.tmp)
+
+    def _finish(self) -> None:
+        """Trim the datasets to the rows written, add ``/split_code`` and ``/skipped``, mark the file complete."""
+        f = self.file
+        for name in self.layout:
+            f[name].resize(self.rows, axis=0)
+        self._write_split_codes()
+        paths, reasons = (list(column) for column in zip(*self._skipped)) if self._skipped else ([], [])
+        for name, column in (("path", paths), ("reason", reasons)):
+            values = _encode(column, text_dtype(longest(column)), f"skipped/{name}")
+            f.create_dataset(f"skipped/{name}", data=values, track_times=False)
+        f.attrs["n_rows"] = self.rows
+        f.attrs["complete"] = True
+        f.close()
+
     def _write_split_codes(self) -> None:
         """``/split_code``: the split column as uint8 indices into its ``names`` attribute (JSON), so readers select
-        a split's rows without decoding a string per row. Written at the end, in pieces; replaced after a resume."""
+        a split's rows without decoding a string per row. Written at the end, in pieces."""
         f = self.file
         names = sorted({name for _, piece in _pieces(f["split"]) for name in set(piece.tolist())})
-        if "split_code" in f:
-            del f["split_code"]
         codes = f.create_dataset(
             "split_code", shape=(self.rows,), dtype=np.uint8, chunks=(min(SPLIT_PIECE, self.rows),) if self.rows else None,
             track_times=False,
@@ -203,18 +449,20 @@ class FeatureWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self.file.close()
-            log.info("partial work kept in %s; the same command resumes it", self.tmp)
+            self._close()
+            if self.tmp.exists():
+                log.info("partial work kept in %s; the same command resumes it", self.tmp)
             return
-        f = self.file
-        views = [f"views/{layer}" for layer in f.get("views", ())]
-        for name in ("paths", "labels", "split", "sha256", *(f"features/{layer}" for layer in f["features"]), *views):
-            f[name].resize(self.rows, axis=0)
-        self._write_split_codes()
-        f.attrs["n_rows"] = self.rows
-        f.attrs["complete"] = True
-        f.close()
+        try:
+            with self._guard():
+                self._save_undo()
+                self._finish()
+        except BaseException:
+            self._close()
+            raise
         os.replace(self.tmp, self.path)
+        self.undo.unlink()
+        self.skipped_log.unlink()
         log.info("wrote %s (%d rows)", self.path, self.rows)
 
 
@@ -236,6 +484,21 @@ def open_features(path: str | Path) -> h5py.File:
         f.close()
         raise ConfigError(f"features file {path} is incomplete (attribute complete is not True)")
     return f
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse, naming it, an output ``path`` that holds something other than a features file this pipeline wrote
+    (one with a ``config_hash`` attribute): a run never replaces a file it did not write."""
+    path = Path(path)
+    if not path.exists():
+        return
+    ours = False
+    if path.is_file() and h5py.is_hdf5(path):
+        with contextlib.suppress(OSError), h5py.File(path, "r") as f:
+            ours = "config_hash" in f.attrs
+    if not ours:
+        raise UserError(f"refusing to replace {path}: it is not a features file this pipeline wrote; choose another "
+                        "--out or move it away")
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -304,6 +567,15 @@ def _pieces(column: h5py.Dataset, piece_rows: int = SPLIT_PIECE) -> Iterator[tup
         yield start, column[start : start + piece_rows]
 
 
+def _check_split(f: h5py.File, split: str, names: Sequence[str]) -> None:
+    """Refuse a ``split`` that no row of ``f`` is in, naming the file and the splits it has."""
+    if split not in names:
+        raise ConfigError(
+            f"split must be one of {list(names)}. Received: split={split!r}: {f.filename} has no rows in it. (A source without a split of its own gets each image's split from its content, so a small one can leave "
+            "a split empty: add images, or give the split with split folders or a 'split' column.)"
+        )
+
+
 def split_rows(f: h5py.File, split: str | None) -> np.ndarray | slice:
     """Row selection for ``split`` (None: every row), as a slice when the rows are contiguous.
 
@@ -314,14 +586,14 @@ def split_rows(f: h5py.File, split: str | None) -> np.ndarray | slice:
         return slice(None)
     if "split_code" in f:
         names = json.loads(f["split_code"].attrs["names"])
-        check_one_of("split", split, names)
+        _check_split(f, split, names)
         rows = np.flatnonzero(f["split_code"][()] == names.index(split))
     else:
         present, pieces, wanted = set(), [], split.encode() if isinstance(split, str) else split
         for start, piece in _pieces(f["split"]):
             present.update(piece.tolist())
             pieces.append(np.flatnonzero(piece == wanted) + start)
-        check_one_of("split", split, sorted(value.decode() for value in present))
+        _check_split(f, split, sorted(value.decode() for value in present))
         rows = np.concatenate(pieces)
     return slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == rows.size else rows
 
@@ -367,7 +639,7 @@ def _units(rows: range | np.ndarray, unit_rows: int, chunk_rows: int) -> list[tu
     else:
         edges = np.flatnonzero(np.diff(rows // chunk_rows)) + 1
     bounds = [0, *edges.tolist(), n]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def _pack(units: list[tuple[int, int]], block_rows: int) -> Iterator[list[tuple[int, int]]]:

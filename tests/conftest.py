@@ -9,12 +9,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+from synthetic import N_ROWS, write_features
 
 from pipeline.config import AugmentConfig, ExtractConfig, PrepareConfig
 from pipeline.dataset import read_split_folders
 from pipeline.extract import extract_features
 from pipeline.prepare import prepare_digits
-from synthetic import N_ROWS, write_features
 
 # Small inputs keep the suite fast on 2 CPU cores; the weights are the genuine ImageNet ones.
 INPUT_SIZE = (64, 64)

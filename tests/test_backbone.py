@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.backbone import load_backbone, weights_fingerprint
-from pipeline.validation import ConfigError
 from pipeline.hashing import file_sha256
+from pipeline.validation import ConfigError
 from pipeline.weights import SOURCE, WeightsError
 
 SMALL = (64, 64)

@@ -10,13 +10,17 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import (
+    AugmentConfig,
     ClassifierConfig,
+    DataConfig,
     ExtractConfig,
     LayerSpec,
     PrepareConfig,
     TrainConfig,
     config_hash,
     load_params,
+    param_fields,
+    param_keys,
     section,
 )
 from pipeline.validation import ConfigError
@@ -42,12 +46,43 @@ def test_repo_params_yaml_loads_into_every_config():
     configs = [ClassifierConfig.from_params(classifiers, name, layer) for name in classifiers for layer in train.layers]
 
     assert isinstance(prepare, PrepareConfig)
+    assert DataConfig.from_params(section(params, "data")) == DataConfig()  # the demo digits by default
     assert extract_config.layer_names
     assert "pixels" in train.layers, "the leaderboard's raw-pixel baseline"
     assert len(configs) == len(classifiers) * len(train.layers)
     stored = [spec.name for spec in extract_config.stored_layers]
     for config in configs:
         assert set(config.layers) <= set(stored), f"{config.run} reads a layer that is not extracted"
+
+
+# --- data: where the images are -------------------------------------------------------------------------------
+
+
+def test_data_root_is_the_folder_or_for_a_csv_its_image_root(tmp_path):
+    assert DataConfig(images="photos").root == Path("photos")
+    assert DataConfig(images="shoot/labels.CSV").root == Path("shoot")
+    assert DataConfig(images="/a/labels.csv", image_root="/b/jpegs").root == Path("/b/jpegs")
+    (tmp_path / "odd.csv").mkdir()  # a folder named like a CSV is a folder source
+    assert DataConfig(images=str(tmp_path / "odd.csv")).root == tmp_path / "odd.csv"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"images": ""}, "data.images must be the path of an image folder or a .csv manifest. Received: data.images=''"),
+        ({"images": 3}, "data.images must be the path of an image folder or a .csv manifest. Received: data.images=3"),
+        ({"images": "photos", "image_root": "elsewhere"},
+         "data.image_root applies to a .csv manifest only (a folder is its own image root): set it to null, or point "
+         "data.images at a .csv file. Received: data.images='photos', data.image_root='elsewhere'"),
+        ({"images": "a.csv", "image_root": ""}, "data.image_root must be null or the folder a CSV manifest's filenames "
+         "are relative to. Received: data.image_root=''"),
+        ({"image_root": None}, "data is missing required key(s) ['images']"),
+        ({"images": "a", "imagse": "b"}, "unknown key data.imagse; did you mean 'images'?"),
+    ],
+)
+def test_bad_data_section_names_the_key(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DataConfig.from_params(data)
 
 
 # --- load_params and section -----------------------------------------------------------------------------------
@@ -364,6 +399,30 @@ def test_extract_options_for_writing_and_errors_are_checked():
         ExtractConfig.from_params(extract(split={"seeds": 1}))
     with pytest.raises(ConfigError, match=re.escape("extract.xla must be true or false. Received: 'yes'")):
         ExtractConfig.from_params(extract(xla="yes"))
+
+
+def test_extract_split_must_be_a_mapping():
+    with pytest.raises(ConfigError, match=re.escape("extract.split must be a mapping. Received: extract.split=0.2")):
+        ExtractConfig.from_params(extract(split=0.2))
+
+
+def test_param_keys_are_every_key_of_the_extract_section_with_its_help():
+    keys = dict(param_keys(ExtractConfig))
+    names = list(keys)
+    assert names[names.index("layers") + 1 : names.index("layers") + 3] == ["pooling", "dtype"]  # every layer's
+    assert {"split.val_fraction", "split.test_fraction", "split.seed"} <= set(keys)
+    assert [name for name in names if name.startswith("augment.")] == [
+        "augment.flip", "augment.rotation", "augment.crop", "augment.seed"  # not augment.section: no params key
+    ]
+    assert not {"split", "augment", "name"} & set(keys)
+    assert all(isinstance(f.metadata["help"], str) and f.metadata["help"] for f in keys.values())
+    params = {}
+    for name, f in keys.items():  # every key, at its default, is one that from_params takes
+        section_name, _, key = name.rpartition(".")
+        (params.setdefault(section_name, {}) if section_name else params)[key] = f.default
+    params["layers"] = ["a"]
+    assert ExtractConfig.from_params(params) == ExtractConfig.from_params({"layers": ["a"]})
+    assert [f.name for f in param_fields(AugmentConfig)] == list(AugmentConfig().to_params())
 
 
 def test_to_params_round_trips():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import re
 
 import numpy as np
@@ -14,22 +16,25 @@ from pipeline.dataset import (
     IMAGE_EXTENSIONS,
     SPLITS,
     UNLABELLED,
+    content_split,
     read_csv,
     read_folder,
     read_images,
     read_split_folders,
-    split_indices,
 )
+from pipeline.hashing import file_sha256
 from pipeline.validation import ConfigError
 
 
 def make_tree(root, *files):
-    """Create ``files`` (paths relative to ``root``): tiny real images for image suffixes, text otherwise."""
+    """Create ``files`` (paths relative to ``root``): tiny real images for image suffixes, each of a colour drawn
+    from its name (so distinct names give distinct content, and a split by content), text otherwise."""
     for name in files:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix.lower() in IMAGE_EXTENSIONS:
-            Image.new("RGB", (4, 4), (10, 20, 30)).save(path, format=Image.registered_extensions()[path.suffix.lower()])
+            colour = tuple(hashlib.sha256(name.encode()).digest()[:3])
+            Image.new("RGB", (4, 4), colour).save(path, format=Image.registered_extensions()[path.suffix.lower()])
         else:
             path.write_text("not an image")
     return root
@@ -45,6 +50,29 @@ def write_csv(path, *lines):
 def class_tree(root, counts, suffix=".png"):
     """``counts[name]`` images per class folder ``name`` under ``root``."""
     return make_tree(root, *(f"{name}/{i:02d}{suffix}" for name, n in counts.items() for i in range(n)))
+
+
+def write_png(path, number):
+    """A 4x4 PNG at ``path`` whose pixels encode ``number`` (below 2**24): distinct numbers, distinct content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (number & 255, number >> 8 & 255, number >> 16)).save(path)
+    return path
+
+
+def split_by_content(manifest):
+    """{content sha256: split} of a manifest's rows, checking its hashes are those of its files."""
+    assert manifest.hashes is not None
+    assert [file_sha256(manifest.absolute(i)) for i in range(len(manifest))] == list(manifest.hashes)
+    return dict(zip(manifest.hashes, manifest.splits))
+
+
+def split_counts(manifest):
+    """{class name: [train, val, test] image counts}."""
+    splits = np.asarray(manifest.splits)
+    return {
+        name: [int(np.sum((manifest.labels == label) & (splits == s))) for s in SPLITS]
+        for label, name in enumerate(manifest.class_names)
+    }
 
 
 def test_digits_manifest_is_row_aligned_and_relative_to_root(manifest, digits_dir):
@@ -134,36 +162,6 @@ def test_symlink_within_the_root_is_read(tmp_path):
     assert read_split_folders(root).paths == ("train/a/1.png", "train/b/1.png")
 
 
-# split_indices: the one stratified, seeded split (also used by pipeline.prepare)
-
-
-def test_split_indices_are_disjoint_sorted_complete_and_stratified():
-    labels = np.repeat(np.arange(4), 20)
-    splits = split_indices(labels, val_fraction=0.25, test_fraction=0.25, seed=3)
-    assert sorted(splits) == sorted(SPLITS)
-    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(80))
-    for split, rows in splits.items():
-        assert (np.diff(rows) > 0).all(), f"{split} not sorted"
-    assert np.bincount(labels[splits["train"]]).tolist() == [10] * 4
-    assert np.bincount(labels[splits["val"]]).tolist() == [5] * 4
-    assert np.bincount(labels[splits["test"]]).tolist() == [5] * 4
-
-
-def test_split_indices_depend_only_on_the_seed():
-    labels = np.repeat(np.arange(3), 10)
-    first = split_indices(labels, 0.15, 0.15, 5)
-    assert all(np.array_equal(first[s], split_indices(labels, 0.15, 0.15, 5)[s]) for s in SPLITS)
-    assert not np.array_equal(first["test"], split_indices(labels, 0.15, 0.15, 6)["test"])
-
-
-def test_split_indices_refuse_too_few_images_saying_so():
-    labels = np.array([0, 0, 1, 1, 1, 2])
-    message = "cannot split 6 images of 3 classes with val_fraction=0.2 and test_fraction=0.2: too few images"
-    with pytest.raises(ConfigError, match=re.escape(message)) as error:
-        split_indices(labels, 0.2, 0.2, 0)
-    assert "the smallest class has 1 image(s)" in str(error.value)
-
-
 # read_images on folders
 
 
@@ -182,9 +180,10 @@ def test_folder_with_val_but_no_train_folder_says_train_is_missing(tmp_path):
         read_images(root)
 
 
-def test_class_folders_give_sorted_rows_and_a_stratified_split(tmp_path):
+def test_class_folders_give_sorted_rows_hashed_and_split_by_content(tmp_path):
     root = class_tree(tmp_path / "images", {"dog": 10, "cat": 10, "bird": 10})
-    manifest = read_folder(root, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1))
+    config = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1)
+    manifest = read_folder(root, split=config)
     assert manifest.root == root
     assert manifest.class_names == ("bird", "cat", "dog")
     assert manifest.paths == tuple(sorted(manifest.paths)) and len(manifest) == 30
@@ -193,10 +192,10 @@ def test_class_folders_give_sorted_rows_and_a_stratified_split(tmp_path):
     for i, path in enumerate(manifest.paths):
         assert path.split("/")[0] == manifest.class_names[manifest.labels[i]]
         assert manifest.absolute(i).is_file()
-    splits = np.asarray(manifest.splits)
-    for label in range(3):
-        counts = [int(np.sum((manifest.labels == label) & (splits == s))) for s in SPLITS]
-        assert counts == [6, 2, 2], f"class {manifest.class_names[label]}: {counts}"
+    split_by_content(manifest)  # the hashes are the files' sha256, kept so that extraction does not hash again
+    assert manifest.hashed() is manifest
+    assert manifest.splits == tuple(content_split(h, config) for h in manifest.hashes)
+    assert set(manifest.splits) == set(SPLITS)
 
 
 def test_class_folder_split_is_seeded_and_independent_of_creation_order(tmp_path):
@@ -226,12 +225,32 @@ def test_class_folders_read_nested_images_and_report_the_rest(tmp_path, caplog):
     assert ".hidden" not in warnings and ".git" not in warnings
 
 
-def test_class_folders_with_too_few_images_are_refused_naming_the_folder(tmp_path):
-    root = class_tree(tmp_path, {"a": 1, "b": 4})
-    with pytest.raises(ConfigError, match="too few images for a stratified split") as error:
-        read_images(root)
-    assert f"{root} has no train/val/test split of its own" in str(error.value)
-    assert "extract.split.val_fraction" in str(error.value)
+def test_a_class_too_small_for_every_split_is_named_in_a_warning(tmp_path, caplog):
+    root = class_tree(tmp_path, {"big": 60, "tiny": 1})
+    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+        manifest = read_images(root)
+    counts = split_counts(manifest)
+    assert sum(counts["tiny"]) == 1 and min(counts["big"]) > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    per_split = ", ".join(f"{s} {n}" for s, n in zip(SPLITS, counts["tiny"]))
+    assert warnings[0].startswith(f"class 'tiny' of {root} has no image in ")
+    assert f"(images per split: {per_split}, with val_fraction=0.15, test_fraction=0.15)" in warnings[0]
+
+
+def test_a_source_with_no_image_in_train_is_refused_naming_it_and_the_fractions(tmp_path):
+    config = SplitConfig(val_fraction=0.45, test_fraction=0.45, seed=0)
+    root = tmp_path / "one"
+    for n in range(100):  # one image whose content falls outside train
+        if content_split(file_sha256(write_png(root / "a" / "1.png", n)), config) != "train":
+            break
+    message = (
+        f"{root} has no train/val/test split of its own, so each image's split comes from its content hash, and at "
+        "least one of its 1 image(s) must fall in train: none does."
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        read_folder(root, config)
+    assert str(error.value).endswith("Received: val_fraction=0.45, test_fraction=0.45, seed=0")
 
 
 def test_class_folder_symlink_escaping_the_root_is_refused(tmp_path):
@@ -276,24 +295,132 @@ def test_image_root_with_a_folder_source_is_refused(tmp_path):
         read_images(root, image_root=tmp_path)
 
 
+# the split of a source without one of its own: by content hash
+
+
+def test_content_split_is_the_documented_keyed_hash():
+    config = SplitConfig(val_fraction=0.2, test_fraction=0.1, seed=7)
+    key = hashlib.sha256(b"7").digest()
+    seen = set()
+    for n in range(200):
+        content = hashlib.sha256(str(n).encode()).hexdigest()
+        u = (int.from_bytes(hashlib.blake2b(content.encode(), key=key, digest_size=8).digest(), "big") >> 11) / 2**53
+        expected = "test" if u < 0.1 else "val" if u < 0.3 else "train"
+        assert content_split(content, config) == expected
+        seen.add(expected)
+    assert seen == set(SPLITS)
+
+
+def test_class_folder_splits_do_not_move_as_images_are_added_removed_or_renamed(tmp_path):
+    root = tmp_path / "images"
+    for n in range(200):
+        write_png(root / "abcd"[n % 4] / f"{n:03d}.png", n)
+    before = split_by_content(read_images(root))
+    assert len(before) == 200
+    for n in range(200, 220):  # grow by 10%
+        write_png(root / "abcd"[n % 4] / f"new_{n:03d}.png", n)
+    for n in (0, 41, 102):
+        (root / "abcd"[n % 4] / f"{n:03d}.png").unlink()
+    for n in (5, 66, 199):
+        (root / "abcd"[n % 4] / f"{n:03d}.png").rename(root / "abcd"[n % 4] / f"renamed_{n:03d}.png")
+    after = read_images(root)
+    assert len(after) == 217 and sum(p.split("/")[1].startswith("renamed_") for p in after.paths) == 3
+    kept = {h: s for h, s in split_by_content(after).items() if h in before}
+    assert len(kept) == 197
+    moved = {h: (before[h], s) for h, s in kept.items() if before[h] != s}
+    assert moved == {}
+
+
+def test_csv_splits_do_not_move_as_rows_are_added_removed_or_renamed(tmp_path):
+    for n in range(200):
+        write_png(tmp_path / "img" / f"{n:03d}.png", n)
+    rows = {f"img/{n:03d}.png": "abcd"[n % 4] for n in range(200)}
+    source = tmp_path / "list.csv"
+    write_csv(source, "filename,label", *(f"{f},{label}" for f, label in rows.items()))
+    before = split_by_content(read_images(source))
+    for n in range(200, 220):
+        rows[f"img/{write_png(tmp_path / 'img' / f'{n:03d}.png', n).name}"] = "abcd"[n % 4]
+    for n in (3, 77, 150):
+        del rows[f"img/{n:03d}.png"]
+    for n in (8, 90, 181):
+        (tmp_path / "img" / f"{n:03d}.png").rename(tmp_path / "img" / f"moved_{n:03d}.png")
+        rows[f"img/moved_{n:03d}.png"] = rows.pop(f"img/{n:03d}.png")
+    write_csv(source, "filename,label", *(f"{f},{label}" for f, label in reversed(rows.items())))  # and reordered
+    after = read_images(source)
+    assert len(after) == 217
+    kept = {h: s for h, s in split_by_content(after).items() if h in before}
+    assert len(kept) == 197
+    assert {h: (before[h], s) for h, s in kept.items() if before[h] != s} == {}
+
+
+def test_per_class_fractions_on_1000_images_are_within_three_binomial_deviations(tmp_path):
+    sizes = {"a": 400, "b": 300, "c": 200, "d": 100}
+    n = 0
+    for name, size in sizes.items():
+        for i in range(size):
+            write_png(tmp_path / name / f"{i:03d}.png", n)
+            n += 1
+    config = SplitConfig()  # 0.7 / 0.15 / 0.15
+    manifest = read_folder(tmp_path, config)
+    assert len(set(manifest.hashes)) == len(manifest) == 1000
+    targets = {"train": 1 - config.val_fraction - config.test_fraction, "val": config.val_fraction,
+               "test": config.test_fraction}
+    for name, counts in split_counts(manifest).items():
+        size = sizes[name]
+        assert sum(counts) == size
+        for split, count in zip(SPLITS, counts):
+            p = targets[split]
+            tolerance = 3 * math.sqrt(p * (1 - p) / size)
+            assert abs(count / size - p) <= tolerance, f"{name}, {split}: {count}/{size} vs {p} +- {tolerance:.3f}"
+
+
+def test_copies_of_a_picture_under_different_names_share_a_split(tmp_path):
+    for n in range(40):
+        picture = write_png(tmp_path / "a" / f"{n:02d}.png", n)
+        (tmp_path / "b" / f"copy_of_{n:02d}.png").parent.mkdir(exist_ok=True)
+        (tmp_path / "b" / f"copy_of_{n:02d}.png").write_bytes(picture.read_bytes())
+    manifest = read_folder(tmp_path)
+    split = dict(zip(manifest.paths, manifest.splits))
+    assert len(set(split.values())) == 3
+    assert all(split[f"a/{n:02d}.png"] == split[f"b/copy_of_{n:02d}.png"] for n in range(40))
+
+
+def test_the_split_changes_with_the_seed_and_only_with_it(tmp_path):
+    for n in range(100):
+        write_png(tmp_path / "a" / f"{n:03d}.png", n)
+    one, again = read_folder(tmp_path, SplitConfig(seed=0)), read_folder(tmp_path, SplitConfig(seed=0))
+    other = read_folder(tmp_path, SplitConfig(seed=1))
+    assert one.splits == again.splits
+    assert other.paths == one.paths and other.hashes == one.hashes
+    changed = sum(a != b for a, b in zip(one.splits, other.splits))
+    assert changed > 20, changed  # independent draws: about 1 - (0.7**2 + 2 * 0.15**2) = 46% differ
+
+
+def test_sources_with_their_own_split_are_not_hashed_on_reading(tmp_path):
+    root = make_tree(tmp_path / "images", "train/a/1.png", "val/a/2.png")
+    assert read_images(root).hashes is None
+    source = write_csv(tmp_path / "m.csv", "filename,label,split", "images/train/a/1.png,a,train")
+    assert read_images(source).hashes is None
+
+
 # read_images on CSV files
 
 
-def test_csv_without_split_keeps_file_order_sorted_class_names_and_a_stratified_split(tmp_path):
+def test_csv_without_split_keeps_file_order_sorted_class_names_and_splits_by_content(tmp_path):
     names = [f"img/{i:02d}.png" for i in range(20)]
     root = make_tree(tmp_path, *names)
     rows = [f"{name},{'zebra' if i % 2 else 'apple'}" for i, name in enumerate(reversed(names))]
     source = write_csv(tmp_path / "train.csv", "filename,label", *rows)
-    manifest = read_csv(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
+    config = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2)
+    manifest = read_csv(source, split=config)
     assert manifest.root == root
     assert manifest.paths == tuple(reversed(names))
     assert manifest.class_names == ("apple", "zebra")
     assert manifest.labels.tolist() == [i % 2 for i in range(20)] and manifest.labels.dtype == np.int64
-    splits = np.asarray(manifest.splits)
-    for label in (0, 1):
-        assert [int(np.sum((manifest.labels == label) & (splits == s))) for s in SPLITS] == [6, 2, 2]
-    again = read_csv(source, split=SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=2))
-    assert again.splits == manifest.splits
+    split_by_content(manifest)
+    assert manifest.hashed() is manifest
+    assert manifest.splits == tuple(content_split(h, config) for h in manifest.hashes)
+    assert read_csv(source, split=config).splits == manifest.splits
 
 
 def test_csv_split_column_is_used_as_given_and_columns_may_come_in_any_order(tmp_path):

@@ -37,7 +37,26 @@ def test_extract_depends_on_every_extract_key_but_where_it_runs():
     from pipeline.config import PLACEMENT, ExtractConfig
 
     keys = {field.name for field in dataclasses.fields(ExtractConfig)} | {"pooling", "dtype"}  # section defaults
-    declared = {name.removeprefix("extract.") for name in STAGES["extract"]["params"]}
+    declared = {name.removeprefix("extract.") for name in STAGES["extract"]["params"] if name.startswith("extract.")}
     assert declared == keys - set(PLACEMENT)
     params = yaml.safe_load((REPO / "params.yaml").read_text())["extract"]
     assert declared | set(PLACEMENT) == set(params), "params.yaml's extract section names every key DVC tracks"
+
+
+def test_the_image_source_is_one_params_key_read_by_every_stage_that_reads_images():
+    # data.images is a dependency (the folder or CSV) and an argument; data.image_root is a params dependency.
+    reading = {"extract": STAGES["extract"], "finetune": STAGES["finetune"]["do"]}
+    for name, spec in reading.items():
+        assert '--images "${data.images}"' in spec["cmd"], name
+        assert "${data.images}" in spec["deps"], name
+        assert "data.image_root" in spec["params"], name
+    assert not any("data/demo" in str(spec) for name, spec in STAGES.items() if name != "prepare")
+
+
+def test_no_stage_writes_where_users_keep_their_images():
+    # The demo digits have a folder of their own; the folder the README once told users to fill is nobody's output.
+    outs = [out for spec in STAGES.values() for out in spec.get("do", spec).get("outs", [])]
+    assert STAGES["prepare"]["outs"] == ["data/demo"]
+    assert "data/images" not in outs and not any(str(out).startswith("data/images") for out in outs)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["data"] == {"images": "data/demo", "image_root": None}

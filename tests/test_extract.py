@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from synthetic import assert_same_contents, contents
 
+from pipeline import extract
 from pipeline.accelerate import Compute
 from pipeline.atomic import temporary_sibling
 from pipeline.config import AugmentConfig, ExtractConfig, LayerSpec, PrepareConfig
@@ -26,7 +29,7 @@ from pipeline.dataset import Manifest, read_images
 from pipeline.extract import extract_features, pool, provenance, skipped_report_path
 from pipeline.images import ImageDecodeError
 from pipeline.prepare import prepare_digits
-from pipeline.validation import ConfigError
+from pipeline.validation import ConfigError, UserError
 from pipeline.weights import SOURCE
 
 ROWS = [0, 33, 71, 99]  # a few images from different splits and classes
@@ -124,7 +127,7 @@ def test_config_hash_tracks_feature_settings_not_batch_size(features_file, extra
         stored = f.attrs["config_hash"]
     same = dataclasses.replace(extract_config, batch_size=5)
     resized = dataclasses.replace(extract_config, interpolation="bicubic")
-    pooled = dataclasses.replace(extract_config, layers=(LayerSpec("conv_pw_5_relu", "max"),) + extract_config.layers[1:])
+    pooled = dataclasses.replace(extract_config, layers=(LayerSpec("conv_pw_5_relu", "max"), *extract_config.layers[1:]))
     cpu = Compute(gpus=0, batch_size=5, mixed_precision=False, xla=False)
     assert provenance(same, mobilenet, manifest, cpu)["config_hash"] == stored
     assert provenance(resized, mobilenet, manifest, cpu)["config_hash"] != stored
@@ -173,7 +176,7 @@ def make_manifest(root, digits_dir, manifest, n_good: int, broken: str | None) -
 
 def test_unknown_layer_fails_before_reading_images(tmp_path, digits_dir, manifest):
     bad = make_manifest(tmp_path / "images", digits_dir, manifest, 0, "train/0/not_an_image.png")
-    out = tmp_path / "out" / "features.h5"
+    out = tmp_path / "features.h5"
     pattern = r"^layer 'conv_pw_13_rellu' not found in mobilenet; did you mean 'conv_pw_13_relu'\?"
     with pytest.raises(ConfigError, match=pattern):
         extract_features(bad, small_config("conv_pw_13_rellu"), out)
@@ -183,7 +186,7 @@ def test_unknown_layer_fails_before_reading_images(tmp_path, digits_dir, manifes
 
 def test_on_error_fail_stops_at_the_bad_file_and_leaves_no_final_file(tmp_path, digits_dir, manifest):
     bad = make_manifest(tmp_path / "images", digits_dir, manifest, 21, "train/0/zz_broken.png")
-    out = tmp_path / "out" / "features.h5"
+    out = tmp_path / "features.h5"
     with pytest.raises(ImageDecodeError, match=r"cannot decode image .*zz_broken\.png"):
         extract_features(bad, small_config("conv_pw_1_relu", batch_size=4), out)
     assert not out.exists()
@@ -193,10 +196,11 @@ def test_on_error_fail_stops_at_the_bad_file_and_leaves_no_final_file(tmp_path, 
 def test_decode_error_leaves_a_previous_file_untouched(tmp_path, digits_dir, manifest):
     bad = make_manifest(tmp_path / "images", digits_dir, manifest, 5, "train/0/zz_broken.png")
     out = tmp_path / "features.h5"
-    out.write_bytes(b"previous complete file")
+    extract_features(manifest, small_config("conv_pw_1_relu", batch_size=64), out)
+    previous = out.read_bytes()
     with pytest.raises(ImageDecodeError, match="zz_broken"):
         extract_features(bad, small_config("conv_pw_1_relu", batch_size=2), out)
-    assert out.read_bytes() == b"previous complete file"
+    assert out.read_bytes() == previous
 
 
 def test_on_error_skip_drops_bad_rows_and_reports_them(tmp_path, digits_dir, manifest):
@@ -231,49 +235,180 @@ def many_digits(tmp_path_factory):
     return root
 
 
-def cli_extract(images, out, *, kill_after: int | None = None) -> str:
-    """Run `python -m pipeline extract`; with ``kill_after``, SIGKILL it once its progress bar passes that count."""
+@pytest.fixture(scope="module")
+def cli_params(tmp_path_factory):
+    """A params.yaml whose extract section the command-line tests run (their flags say the same)."""
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_text("extract:\n  layers: [conv_pw_5_relu]\n  input_size: [64, 64]\n  batch_size: 16\n")
+    return path
+
+
+def cli_extract(images, out, params, *, at: int | None = None, then=None, status: int = 0) -> str:
+    """Run `python -m pipeline extract` and return its log; once its progress bar passes ``at`` images, call
+    ``then(process)`` (kill it, fill its disk). Checks the exit ``status``."""
     args = [sys.executable, "-m", "pipeline", "extract", "--images", str(images), "--out", str(out),
-            "--params", "no-params.yaml", "--layers", "conv_pw_5_relu", "--input-size", "64", "64", "--batch-size", "16"]
+            "--params", str(params), "--layers", "conv_pw_5_relu", "--input-size", "64", "64", "--batch-size", "16"]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     log = b""
     while chunk := os.read(process.stderr.fileno(), 4096):
         log += chunk
         done = [int(n) for n in re.findall(rb"extract: [^\r\n]*?(\d+)/1797 \[", log)]
-        if kill_after is not None and done and done[-1] >= kill_after:
-            process.send_signal(signal.SIGKILL)
-            break
+        if at is not None and done and done[-1] >= at:
+            then(process)
+            at = None
     process.wait()
-    if kill_after is None:
-        assert process.returncode == 0, log.decode()[-2000:]
-    else:
-        assert process.returncode == -signal.SIGKILL
+    assert process.returncode == status, log.decode()[-2000:]
     return log.decode()
 
 
-def test_killed_extraction_resumes_and_equals_an_uninterrupted_run(many_digits, tmp_path):
+def kill(process) -> None:
+    process.send_signal(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(many_digits, cli_params, tmp_path_factory):
+    """The digits extracted by one uninterrupted command: what every interrupted and resumed run must write."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "features.h5"
+    cli_extract(many_digits, out, cli_params)
+    return out
+
+
+def test_killed_extraction_resumes_and_equals_an_uninterrupted_run(many_digits, cli_params, uninterrupted, tmp_path):
     out = tmp_path / "resumed.h5"
-    cli_extract(many_digits, out, kill_after=600)
+    cli_extract(many_digits, out, cli_params, at=600, then=kill, status=-signal.SIGKILL)
     assert not out.exists() and temporary_sibling(out).exists()
-    log = cli_extract(many_digits, out)
+    log = cli_extract(many_digits, out, cli_params)
     done = int(re.search(r"resuming .*: (\d+) images done", log).group(1))
     assert 600 <= done < 1797
-    reference = tmp_path / "reference.h5"
-    cli_extract(many_digits, reference)
-    with h5py.File(out, "r") as a, h5py.File(reference, "r") as b:
-        np.testing.assert_array_equal(a["features/conv_pw_5_relu"][()], b["features/conv_pw_5_relu"][()])
-        assert a["paths"].asstr()[()].tolist() == b["paths"].asstr()[()].tolist()
-        assert a.attrs["config_hash"] == b.attrs["config_hash"] and a.attrs["n_rows"] == 1797
+    assert_same_contents(contents(out), contents(uninterrupted))
+    assert out.read_bytes() == uninterrupted.read_bytes()
 
 
-def test_a_changed_config_discards_the_partial_work(many_digits, tmp_path, caplog):
+def test_a_changed_config_discards_the_partial_work(many_digits, cli_params, tmp_path, caplog):
     out = tmp_path / "f.h5"
-    cli_extract(many_digits, out, kill_after=100)
+    cli_extract(many_digits, out, cli_params, at=100, then=kill, status=-signal.SIGKILL)
     manifest = read_images(many_digits)
     extract_features(manifest, small_config("conv_pw_1_relu", batch_size=64), out)
     assert "discarding partial work" in caplog.text
     with h5py.File(out, "r") as f:
         assert list(f["features"]) == ["conv_pw_1_relu"] and f.attrs["n_rows"] == 1797
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc, a folder where no file can be created")
+def test_an_output_folder_that_cannot_be_written_fails_before_the_model_loads(manifest, monkeypatch):
+    def no_model(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(extract, "load_feature_model", no_model)
+    pattern = r"^cannot write /proc/x\.h5: no file can be created in /proc \(No such file or directory\)$"
+    with pytest.raises(UserError, match=pattern):
+        extract_features(manifest, small_config("conv_pw_1_relu"), "/proc/x.h5")
+
+
+def test_a_missing_output_folder_fails_before_the_model_loads(manifest, monkeypatch, tmp_path):
+    def no_model(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(extract, "load_feature_model", no_model)
+    out = tmp_path / "typo" / "x.h5"
+    with pytest.raises(UserError, match=rf"^cannot write {out}: its folder {out.parent} does not exist; create it first$"):
+        extract_features(manifest, small_config("conv_pw_1_relu"), out)
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("content", [b"my thesis, not a features file", "hdf5"])
+def test_a_file_the_pipeline_did_not_write_is_never_replaced(manifest, monkeypatch, tmp_path, content):
+    def no_model(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(extract, "load_feature_model", no_model)
+    out = tmp_path / "precious.h5"
+    if content == "hdf5":
+        with h5py.File(out, "w") as f:
+            f["mine"] = np.arange(3)
+    else:
+        out.write_bytes(content)
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=rf"^refusing to replace {out}: it is not a features file this pipeline wrote"):
+        extract_features(manifest, small_config("conv_pw_1_relu"), out)
+    assert out.read_bytes() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc, a folder where no file can be created")
+def test_the_command_line_says_so_in_one_line_and_exits_2(digits_dir, cli_params):
+    log = cli_extract(digits_dir, "/proc/x.h5", cli_params, status=2)
+    message = "ERROR pipeline: cannot write /proc/x.h5: no file can be created in /proc (No such file or directory)"
+    assert log.strip().splitlines()[-1].endswith(message)
+    assert "extracting" not in log and "Traceback" not in log
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)``: a real file system of ``size`` ("64k", "4m"): a tmpfs mounted under ``tmp_path`` (root
+    only; the test is skipped where mounting is not allowed), unmounted at teardown."""
+    mounted = []
+
+    def mount(size: str):
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command to make a small file system with")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (it needs root): {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_disk_without_room_for_the_file_is_refused_before_the_first_batch(many_digits, cli_params, small_disk):
+    disk = small_disk("256k")
+    out = disk / "features.h5"
+    log = cli_extract(many_digits, out, cli_params, status=2)
+    message = log.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf".* ERROR pipeline: not enough disk space to write {re.escape(str(out))}: it needs 2\.\d MiB, and "
+        rf"{re.escape(str(disk))} has 256\.0 KiB free", message,
+    ), message
+    assert not re.search(r"extract: +\d+%", log)  # no progress bar: no batch began
+    assert list(disk.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_stops_the_run_and_the_same_command_resumes(
+    many_digits, cli_params, uninterrupted, small_disk
+):
+    disk = small_disk("4m")  # the file needs 2.2 MiB
+    out, filler = disk / "features.h5", disk / "filler"
+
+    def fill(process):  # another process takes the rest of the disk
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, bytes(1 << 16)):
+                pass
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+
+    log = cli_extract(many_digits, out, cli_params, at=300, then=fill, status=2)
+    message = log.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf".* ERROR pipeline: cannot write {re.escape(str(out))}: no space left on device \([\d.]+ [KMG]?i?B free\); "
+        rf"the work done so far is kept in {re.escape(str(temporary_sibling(out)))}: free some space and run the "
+        rf"same command again to resume it", message,
+    ), message
+    assert temporary_sibling(out).exists() and not out.exists()
+    filler.unlink()
+    log = cli_extract(many_digits, out, cli_params)
+    # an uncompressed file is allocated in full when it is created: the run stops at its first write outside it
+    assert 300 <= int(re.search(r"resuming .*: (\d+) images done", log).group(1)) <= 1797
+    assert_same_contents(contents(out), contents(uninterrupted))
+    assert out.read_bytes() == uninterrupted.read_bytes()
+    assert sorted(p.name for p in disk.iterdir()) == [".features.h5.reuse", "features.h5", "features.skipped.csv"]
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.config import AugmentConfig, ClassifierConfig, ExtractConfig, FinetuneConfig
 from pipeline.backbone import load_backbone
+from pipeline.config import AugmentConfig, ClassifierConfig, ExtractConfig, FinetuneConfig
 from pipeline.evaluate import evaluate_model
 from pipeline.finetune import (
     BACKBONE,

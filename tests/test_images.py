@@ -294,7 +294,7 @@ def test_iter_batches_yields_every_position_once_in_order(numbered_pngs, prefetc
     assert all(batch.indices.dtype == np.int64 and batch.errors == () for batch in batches)
     assert [batch.images.shape for batch in batches] == [(3, 2, 2, 3), (3, 2, 2, 3), (1, 2, 2, 3)]
     assert all(batch.images.dtype == np.uint8 for batch in batches)
-    assert sum((first_values(batch) for batch in batches), []) == [10 * i for i in range(7)]
+    assert [value for batch in batches for value in first_values(batch)] == [10 * i for i in range(7)]
 
 
 def test_iter_batches_resizes_with_the_given_interpolation(numbered_pngs):
@@ -313,7 +313,7 @@ def test_iter_batches_of_no_paths_yields_nothing():
 def test_iter_batches_resumes_from_start(numbered_pngs, start, expected):
     batches = list(iter_batches(numbered_pngs, (2, 2), batch_size=np.int64(3), start=np.int64(start)))
     assert [(batch.start, batch.stop, batch.indices.tolist()) for batch in batches] == expected
-    assert sum((first_values(batch) for batch in batches), []) == [10 * i for i in range(start, 7)]
+    assert [value for batch in batches for value in first_values(batch)] == [10 * i for i in range(start, 7)]
 
 
 @pytest.fixture

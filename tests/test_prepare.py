@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -10,8 +11,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline.config import PrepareConfig
-from pipeline.dataset import split_indices
-from pipeline.prepare import SPLITS, prepare_digits, render_digit
+from pipeline.prepare import SPLITS, WRITTEN, prepare_digits, render_digit, split_indices
 from pipeline.validation import ConfigError
 
 CLASSES = [str(c) for c in range(10)]
@@ -28,11 +28,13 @@ def tree(root):
 
 
 def test_writes_rgb_pngs_in_split_class_folders(digits_dir):
-    assert sorted(p.name for p in digits_dir.iterdir()) == sorted(SPLITS)
+    assert sorted(p.name for p in digits_dir.iterdir()) == sorted([*SPLITS, WRITTEN])
     for split in SPLITS:
         assert sorted(p.name for p in (digits_dir / split).iterdir()) == CLASSES, f"{split} lacks a class"
-    files = sorted(digits_dir.rglob("*.*"))
+    files = sorted(digits_dir.rglob("*.png"))
     assert len(files) == 100
+    # the record of what prepare wrote (hidden, so no image source reads it) lists exactly those files
+    assert sorted(json.loads((digits_dir / WRITTEN).read_text())) == [p.relative_to(digits_dir).as_posix() for p in files]
     for path in files:
         assert path.suffix == ".png"
         with Image.open(path) as img:
@@ -67,7 +69,7 @@ def test_full_dataset_is_split_by_the_configured_fractions(tmp_path):
     assert counts["val"] / total == pytest.approx(0.2, abs=0.002)
     assert counts["test"] / total == pytest.approx(0.1, abs=0.002)
     expected = split_indices(load_digits().target, val_fraction=0.2, test_fraction=0.1, seed=0)
-    for split in SPLITS:  # the files of each split are the rows pipeline.dataset.split_indices picks
+    for split in SPLITS:  # the files of each split are the rows split_indices picks
         rows = sorted(int(p.stem.removeprefix("digit_")) for p in (root / split).rglob("*.png"))
         assert rows == expected[split].tolist(), split
 
@@ -82,13 +84,33 @@ def test_same_seed_gives_identical_files_and_another_seed_another_split(tmp_path
     assert sorted(tree(other)) != sorted(tree(digits_dir))
 
 
-def test_rerun_replaces_the_folder_and_leaves_no_partial_sibling(tmp_path):
+def test_rerun_replaces_its_own_folder_and_leaves_no_partial_sibling(tmp_path):
     root = tmp_path / "images"
-    (root / "train" / "stale").mkdir(parents=True)
-    (root / "train" / "stale" / "old.png").write_bytes(b"old")
+    prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=10, seed=1))
+    first = set(tree(root))
     prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=10))
-    assert not (root / "train" / "stale").exists()
+    assert first - set(tree(root))  # files of the first run that the second does not write are gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+@pytest.mark.parametrize("foreign", ["train/3/my_photo.jpg", "holiday.jpg"])
+def test_a_folder_with_files_prepare_did_not_write_is_never_replaced(tmp_path, foreign):
+    root = tmp_path / "images"
+    prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=10))
+    (root / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (root / foreign).write_bytes(b"a user's photo")
+    before = tree(root)
+    with pytest.raises(ConfigError, match=re.escape(f"refusing to replace {root}: it holds 1 file(s) the demo's prepare stage did not write, e.g. {root / foreign}")):
+        prepare_digits(root, PrepareConfig(image_size=8, per_class_limit=10))
+    assert tree(root) == before and (root / foreign).read_bytes() == b"a user's photo"
+
+
+def test_a_folder_of_someone_else_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"jpeg")
+    with pytest.raises(ConfigError, match=r"refusing to replace .*photos: it holds 1 file"):
+        prepare_digits(tmp_path / "photos", PrepareConfig(image_size=8, per_class_limit=10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"] and (tmp_path / "photos" / "cat.jpg").read_bytes() == b"jpeg"
 
 
 def test_failed_run_leaves_existing_output_untouched_and_no_partial_folder(tmp_path):
@@ -103,12 +125,39 @@ def test_failed_run_leaves_existing_output_untouched_and_no_partial_folder(tmp_p
 
 
 def test_split_is_pinned_for_the_default_seed(digits_dir):
-    """The split prepare wrote before split_indices moved to pipeline.dataset: same seed, same files."""
+    """The split prepare has always written for the default seed: same seed, same files."""
     test_rows = sorted(int(p.stem.removeprefix("digit_")) for p in (digits_dir / "test").rglob("*.png"))
     assert test_rows == [61, 118, 155, 377, 544, 599, 778, 901, 1002, 1105, 1122, 1546, 1701, 1729, 1784]
     assert {split: len(list((digits_dir / split).rglob("*.png"))) for split in SPLITS} == {
         "train": 69, "val": 16, "test": 15,
     }
+
+
+def test_split_indices_are_disjoint_sorted_complete_and_stratified():
+    labels = np.repeat(np.arange(4), 20)
+    splits = split_indices(labels, val_fraction=0.25, test_fraction=0.25, seed=3)
+    assert sorted(splits) == sorted(SPLITS)
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(80))
+    for split, rows in splits.items():
+        assert (np.diff(rows) > 0).all(), f"{split} not sorted"
+    assert np.bincount(labels[splits["train"]]).tolist() == [10] * 4
+    assert np.bincount(labels[splits["val"]]).tolist() == [5] * 4
+    assert np.bincount(labels[splits["test"]]).tolist() == [5] * 4
+
+
+def test_split_indices_depend_only_on_the_seed():
+    labels = np.repeat(np.arange(3), 10)
+    first = split_indices(labels, 0.15, 0.15, 5)
+    assert all(np.array_equal(first[s], split_indices(labels, 0.15, 0.15, 5)[s]) for s in SPLITS)
+    assert not np.array_equal(first["test"], split_indices(labels, 0.15, 0.15, 6)["test"])
+
+
+def test_split_indices_refuse_too_few_images_saying_so():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    message = "cannot split 6 images of 3 classes with val_fraction=0.2 and test_fraction=0.2: too few images"
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        split_indices(labels, 0.2, 0.2, 0)
+    assert "the smallest class has 1 image(s)" in str(error.value)
 
 
 def test_render_digit_is_dark_ink_on_white_upscaled_with_nearest():

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import assert_same_contents, contents
 
 from pipeline.config import ExtractConfig
 from pipeline.dataset import read_split_folders
 from pipeline.extract import extract_features
 from pipeline.reuse import entries, reuse_folder
-from synthetic import assert_same_contents, contents
 
 # oneDNN's CPU kernels can change the last bits of an image's features with its slot in the batch, and inserting or
 # removing images moves the slots of those after them: a from-scratch run of the new set computes some unchanged
@@ -97,7 +97,10 @@ def test_the_kept_files_are_bounded_and_prunable(images, config, tmp_path):
     out = tmp_path / "features.h5"
     one = dataclasses.replace(config, reuse=1)
     extract_features(read_split_folders(images), one, out)
+    stale = reuse_folder(out) / f".{entries(out)[0]['config_hash']}.h5.partial"
+    stale.write_bytes(b"a link being made when a run was killed")
     extract_features(read_split_folders(images), dataclasses.replace(one, input_size=(48, 48)), out)
+    assert not stale.exists()
     kept = entries(out)
     assert [entry["config_hash"] for entry in kept] != [] and len(kept) == 1  # the older config was dropped
     assert kept[0]["shared_with_output"]  # a hard link of the output: no extra disk while the output exists

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
+from synthetic import assert_same_contents, contents
 
 from pipeline import accelerate, extract
 from pipeline.atomic import temporary_sibling
@@ -26,7 +27,6 @@ from pipeline.config import ExtractConfig, LayerSpec
 from pipeline.dataset import read_images
 from pipeline.extract import extract_features, skipped_report_path
 from pipeline.shards import extract_shard, plan_shards, shard_folder
-from synthetic import assert_same_contents, contents
 
 BROKEN = (10, 17, 22)  # positions of the files that are not images in the damaged manifest (43 rows, shards of 8)
 
@@ -85,10 +85,11 @@ def test_a_cluster_writes_the_same_file_as_one_process(features_file, manifest, 
 
 
 def test_on_error_fail_on_a_cluster_names_the_first_bad_file_and_writes_nothing(damaged_csv, tmp_path):
-    out = tmp_path / "features.h5"
+    out, params = tmp_path / "features.h5", tmp_path / "params.yaml"
+    params.write_text("extract:\n  layers: [conv_pw_3_relu]\n  input_size: [32, 32]\n  batch_size: 4\n")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "extract", "--images", str(damaged_csv), "--out", str(out),
-         "--params", str(tmp_path / "none.yaml"), "--layers", "conv_pw_3_relu", "--input-size", "32", "32",
+         "--params", str(params), "--layers", "conv_pw_3_relu", "--input-size", "32", "32",
          "--batch-size", "4", "--on-error", "fail", "--cluster", "local:2", "--shard-size", "8"],
         capture_output=True, text=True, timeout=300,
     )

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from synthetic import N_ROWS, ROW, WIDE, assert_same_contents, contents
 
 from pipeline.atomic import temporary_sibling
 from pipeline.store import (
     CHUNK_BYTES,
+    OVERHEAD_BYTES,
     FeatureWriter,
     iter_chunks,
     load_dask,
@@ -23,8 +31,7 @@ from pipeline.store import (
     split_nbytes,
     split_rows,
 )
-from pipeline.validation import ConfigError
-from synthetic import N_ROWS, ROW, WIDE
+from pipeline.validation import ConfigError, UserError, format_bytes
 
 SPLITS = ["train", "val", "train", "test", "train"]  # train rows 0, 2, 4 are not contiguous
 LABELS = np.array([0, 1, 2, 1, 0])
@@ -42,6 +49,14 @@ def writer(path, **overrides):
 
 def write_batch(w, start, stop, splits=SPLITS):
     w.write(stop, {"pooled": POOLED[start:stop], "maps": MAPS[start:stop]}, PATHS[start:stop], LABELS[start:stop], splits[start:stop])
+
+
+def kill_after_first_batch(path):
+    """Leave at ``path``'s temporary sibling the partial work of a writer stopped after its first batch."""
+    with pytest.raises(RuntimeError):
+        with writer(path) as w:
+            write_batch(w, 0, 3)
+            raise RuntimeError("killed")
 
 
 def write_rows(w, splits=SPLITS):
@@ -151,10 +166,7 @@ def test_error_inside_the_with_keeps_the_previous_file(features):
 
 def test_a_new_writer_with_the_same_key_resumes_after_the_last_batch(tmp_path):
     path = tmp_path / "features.h5"
-    with pytest.raises(RuntimeError):
-        with writer(path) as w:
-            write_batch(w, 0, 3)
-            raise RuntimeError("killed")
+    kill_after_first_batch(path)
     with writer(path) as w:
         assert (w.position, w.rows) == (3, 3)
         write_batch(w, 3, 5)
@@ -182,10 +194,7 @@ def test_rows_written_without_a_position_count_only_once_a_later_write_marks_one
 
 def test_a_different_key_discards_the_partial_work(tmp_path, caplog):
     path = tmp_path / "features.h5"
-    with pytest.raises(RuntimeError):
-        with writer(path) as w:
-            write_batch(w, 0, 3)
-            raise RuntimeError("killed")
+    kill_after_first_batch(path)
     with writer(path, resume_key="key-2") as w:
         assert (w.position, w.rows) == (0, 0)
         write_rows(w)
@@ -198,7 +207,7 @@ def test_an_unreadable_partial_file_is_discarded(tmp_path, caplog):
     with writer(path) as w:
         assert w.position == 0
         write_rows(w)
-    assert "discarding unreadable partial file" in caplog.text
+    assert "discarding partial work" in caplog.text and "it is unreadable" in caplog.text
     assert read_attrs(path)["n_rows"] == 5
 
 
@@ -230,6 +239,216 @@ def test_compression_is_lossless(tmp_path, compression):
 def test_no_rows_to_write_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"no images to extract into {tmp_path / 'f.h5'}")):
         writer(tmp_path / "f.h5", capacity=0)
+
+
+def test_strings_have_a_fixed_length_and_longer_ones_are_refused(tmp_path):
+    path = tmp_path / "features.h5"
+    with writer(path, path_bytes=16, split_bytes=5) as w:
+        write_batch(w, 0, 3)
+        message = r"^/paths holds strings of at most 16 bytes \(UTF-8\). Received: 'ééééééééx' \(17 bytes\)$"
+        with pytest.raises(ValueError, match=message):
+            w.write(None, {"pooled": POOLED[3:4], "maps": MAPS[3:4]}, ["é" * 8 + "x"], LABELS[3:4], SPLITS[3:4])
+        write_batch(w, 3, 5)
+    with h5py.File(path, "r") as f:
+        assert tuple(h5py.check_string_dtype(f["paths"].dtype)) == ("utf-8", 16)
+        assert tuple(h5py.check_string_dtype(f["split"].dtype)) == ("utf-8", 5)
+        assert f["paths"].asstr()[()].tolist() == PATHS and f["split"].asstr()[()].tolist() == SPLITS
+
+
+# --- crash safety ---------------------------------------------------------------------------------------------
+
+
+def test_rows_reach_the_file_before_the_progress_that_counts_them(tmp_path, monkeypatch):
+    flush, progress = h5py.File.flush, []
+
+    def recording(f):
+        progress.append(f["progress"][()].tolist())  # what this flush writes
+        flush(f)
+
+    monkeypatch.setattr(h5py.File, "flush", recording)
+    with writer(tmp_path / "features.h5") as w:
+        write_batch(w, 0, 3)
+        write_batch(w, 3, 5)
+    assert progress == [[0, 0], [3, 3], [3, 3], [5, 5]]  # each batch: its rows flushed, then its progress
+
+
+# Run in a child process that dies (os._exit: no cleanup, no HDF5 close, as after SIGKILL) at one finishing step.
+DIE_AT = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_store
+from pipeline import store
+
+path, point, compression = Path(sys.argv[1]), sys.argv[2], sys.argv[3] or None
+partial, undo = store.temporary_sibling(path), store.temporary_sibling(path, ".undo.partial")
+replace, unlink = os.replace, Path.unlink
+if point == "undo saved":
+    store.FeatureWriter._finish = lambda self: os._exit(9)
+if point == "finished in place":
+    os.replace = lambda source, target: os._exit(9) if Path(source) == partial else replace(source, target)
+if point == "renamed":
+    Path.unlink = lambda self, **kwargs: os._exit(9) if self == undo and path.exists() else unlink(self, **kwargs)
+test_store.write_skipping(path, compression)
+"""
+
+
+def write_skipping(path, compression=None):
+    """The five rows of seven images in two batches, two images skipped; a resumed writer writes the batches left."""
+    with writer(path, capacity=7, compression=compression) as w:
+        if w.position < 3:
+            write_rows_of(w, 3, slice(0, 2), skipped=[("x.png", "bad")])
+        if w.position < 7:
+            write_rows_of(w, 7, slice(2, 5), skipped=[("y.png", "é")])
+
+
+def write_rows_of(w, position, rows, skipped=()):
+    """Rows ``rows`` of the five, marked done up to ``position``, with the files ``skipped`` among them."""
+    values = {"pooled": POOLED[rows], "maps": MAPS[rows]}
+    w.write(position, values, PATHS[rows], LABELS[rows], SPLITS[rows], skipped=skipped)
+
+
+def die_at(path, point, compression):
+    code = DIE_AT.format(tests=str(Path(__file__).parent))
+    args = [sys.executable, "-c", code, str(path), point, compression or ""]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert done.returncode == 9, done.stderr
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+@pytest.mark.parametrize("point", ["undo saved", "finished in place", "half the finishing writes on disk", "renamed"])
+def test_a_run_killed_in_its_finishing_steps_is_finished_by_the_next(tmp_path, point, compression, caplog):
+    uninterrupted = tmp_path / "reference" / "features.h5"
+    write_skipping(uninterrupted, compression)
+    path = tmp_path / "features.h5"
+    die_at(path, "finished in place" if point == "half the finishing writes on disk" else point, compression)
+    undo = temporary_sibling(path, ".undo.partial")
+    assert undo.exists()
+    if point == "half the finishing writes on disk":  # a kill in HDF5's flush: some of its writes landed, some not
+        with undo.open("rb") as saved, temporary_sibling(path).open("r+b") as partial:
+            for k, (offset, length) in enumerate(json.loads(saved.readline())["gaps"]):
+                before = saved.read(length)
+                if k % 2:
+                    partial.seek(offset)
+                    partial.write(before)
+    caplog.set_level(logging.INFO, logger="pipeline.store")
+    write_skipping(path, compression)
+    if point != "renamed":
+        assert "rolled back the interrupted finishing steps" in caplog.text and "resuming" in caplog.text
+    assert_same_contents(contents(path), contents(uninterrupted))
+    assert path.read_bytes() == uninterrupted.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.h5", "reference"]  # no temporary files left
+    with h5py.File(path, "r") as f:
+        assert f["skipped/path"].asstr()[()].tolist() == ["x.png", "y.png"]
+        assert f["skipped/reason"].asstr()[()].tolist() == ["bad", "é"]
+
+
+def test_the_skipped_log_keeps_only_marked_batches_and_survives_a_torn_line(tmp_path):
+    path = tmp_path / "features.h5"
+    with pytest.raises(RuntimeError):
+        with writer(path, capacity=7) as w:
+            write_rows_of(w, 3, slice(0, 2), skipped=[("x.png", "bad")])
+            write_rows_of(w, None, slice(2, 3), skipped=[("y.png", "not marked")])
+            raise RuntimeError("killed")
+    log_file = temporary_sibling(path, ".skipped.partial")
+    with log_file.open("a") as f:
+        f.write('[3, "z.png", "torn')
+    with writer(path, capacity=7) as w:
+        assert w.skipped() == [("x.png", "bad")] and (w.position, w.rows) == (3, 2)
+        write_rows_of(w, 7, slice(2, 5), skipped=[("y.png", "é")])
+    with h5py.File(path, "r") as f:
+        assert f["skipped/path"].asstr()[()].tolist() == ["x.png", "y.png"]
+
+
+def damage(path, how):
+    partial = temporary_sibling(path)
+    if how == "truncated":
+        os.truncate(partial, partial.stat().st_size // 2)
+    elif how == "dataset missing":
+        with h5py.File(partial, "r+") as f:
+            del f["labels"]
+    elif how == "impossible progress":
+        with h5py.File(partial, "r+") as f:
+            f["progress"][:] = (9, 9)
+    elif how == "skipped log missing":
+        temporary_sibling(path, ".skipped.partial").unlink()
+    elif how == "undo of another file":
+        temporary_sibling(path, ".undo.partial").write_text('{"inode": -1, "size": 0, "gaps": []}\n')
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("truncated", "it is unreadable"),
+        ("dataset missing", "/labels is missing or has another shape or type"),
+        ("impossible progress", "its progress record is impossible (9 images done, 9 rows written)"),
+        ("skipped log missing", "its log of skipped images"),
+        ("undo of another file", "was saved from another file"),
+    ],
+)
+def test_a_partial_file_that_cannot_be_continued_is_discarded_with_a_log_line(tmp_path, how, why, caplog):
+    path = tmp_path / "features.h5"
+    kill_after_first_batch(path)
+    damage(path, how)
+    with writer(path) as w:
+        assert (w.position, w.rows) == (0, 0)
+        write_rows(w)
+    assert "discarding partial work" in caplog.text and why in caplog.text and "starting again" in caplog.text
+    with h5py.File(path, "r") as f:
+        assert f["paths"].asstr()[()].tolist() == PATHS
+
+
+def test_an_hdf5_error_while_writing_removes_the_partial_file_and_says_so_in_one_line(tmp_path, monkeypatch):
+    def damaged(*args):
+        raise OSError("Can't synchronously write data (bad heap index, heap object = {43562e0, 195})")
+
+    path = tmp_path / "features.h5"
+    pattern = (r"^cannot write .*\.features\.h5\.partial: Can't synchronously write data \(bad heap index.*\); it was "
+               r"removed, so the same command starts over$")
+    with pytest.raises(UserError, match=pattern):
+        with writer(path) as w:
+            write_batch(w, 0, 3)
+            monkeypatch.setattr(h5py.Dataset, "__setitem__", damaged)
+            write_batch(w, 3, 5)
+    monkeypatch.undo()
+    assert sorted(tmp_path.iterdir()) == []  # no trap left for the next run
+    with writer(path) as w:
+        assert w.position == 0
+        write_rows(w)
+
+
+def test_a_disk_without_room_for_the_file_is_refused_before_any_row(tmp_path, monkeypatch):
+    free = OVERHEAD_BYTES + 1000
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**6, 10**6 - free, free))
+    row = 6 * 4 + 2 * 2 * 3 * 2 + 255 + 8 + 16 + 64 + 1  # features, paths, labels, split, sha256, split code
+    needed = format_bytes(OVERHEAD_BYTES + 4 * row)
+    message = (f"not enough disk space to write {tmp_path / 'features.h5'}: it needs {needed}, and {tmp_path} has "
+               f"{format_bytes(free)} free")
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        writer(tmp_path / "features.h5", capacity=4)
+    assert list(tmp_path.iterdir()) == []
+    with writer(tmp_path / "small.h5", capacity=2):  # 784 bytes and the overhead: room enough
+        pass
+
+
+def test_a_resumed_file_needs_only_the_room_it_does_not_hold_yet(tmp_path, monkeypatch):
+    path = tmp_path / "features.h5"
+    kill_after_first_batch(path)
+    free = OVERHEAD_BYTES  # less than a new file needs, more than the finishing steps of this one need
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**6, 10**6 - free, free))
+    with writer(path) as w:  # allocated in full when it was created
+        assert w.position == 3
+        write_batch(w, 3, 5)
+    with pytest.raises(UserError, match="not enough disk space"):
+        writer(tmp_path / "other.h5")
+
+
+def test_a_compressed_file_is_not_checked_against_free_space_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**6, 10**6, 0))
+    caplog.set_level(logging.INFO, logger="pipeline.store")
+    with writer(tmp_path / "features.h5", compression="gzip") as w:
+        write_rows(w)
+    assert "its size is not known in advance, so free disk space is not checked" in caplog.text
 
 
 # --- readers --------------------------------------------------------------------------------------------------
@@ -310,6 +529,15 @@ def test_load_split_names_the_allowed_splits_and_layers(features):
         load_split(features, "pooled", "valid")
     with pytest.raises(ConfigError, match=re.escape("layer must be one of ['maps', 'pooled']. Received: layer='conv'")):
         load_split(features, "conv", "train")
+
+
+def test_a_split_without_rows_is_named_with_the_file_and_why_it_can_be_empty(tmp_path):
+    path = tmp_path / "features.h5"
+    with writer(path) as w:
+        write_rows(w, ["train", "val", "train", "val", "train"])
+    message = f"split must be one of ['train', 'val']. Received: split='test': {path} has no rows in it. (A source"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_split(path, "pooled", "test")
 
 
 def test_load_split_refuses_an_incomplete_file(features):

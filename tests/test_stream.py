@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.decomposition import IncrementalPCA
+from synthetic import LABELS, ROW, WIDE, write_features
 
 from pipeline.classifiers import KerasHeadClassifier, build_estimator
 from pipeline.config import ClassifierConfig
@@ -18,7 +19,6 @@ from pipeline.models import load_model, save_model
 from pipeline.store import load_layers, split_nbytes
 from pipeline.stream import check_streaming, fit_out_of_core
 from pipeline.validation import ConfigError
-from synthetic import LABELS, ROW, WIDE, write_features
 
 REPO = Path(__file__).resolve().parents[1]
 

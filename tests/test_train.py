@@ -7,9 +7,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.classifiers import KerasHeadClassifier, build_estimator, build_search
 from pipeline.config import ClassifierConfig
-from pipeline.models import load_model
+from pipeline.models import FEATURE_KEYS, load_model
 from pipeline.store import load_layers, load_split, split_nbytes
-from pipeline.models import FEATURE_KEYS
 from pipeline.train import train_classifier, training_history
 from pipeline.validation import ConfigError
 
@@ -120,7 +119,7 @@ def test_grid_search_picks_by_cross_validation_and_records_it(features_file, tmp
     record = saved["search"]
     assert record["candidates"] == 2 and record["best_params"]["C"] in (0.001, 1.0)
     estimator, _ = load_model(tmp_path / "s")
-    assert estimator[-1].C == record["best_params"]["C"] and estimator[-1].max_iter == 500
+    assert record["best_params"]["C"] == estimator[-1].C and estimator[-1].max_iter == 500
 
 
 def test_random_search_samples_distributions(features_file, tmp_path):
@@ -197,5 +196,5 @@ def test_augmented_search_keeps_an_images_views_in_one_fold(views_file, tmp_path
 
 def test_augmented_without_views_names_the_setting(features_file, tmp_path):
     config = ClassifierConfig(name="aug", estimator="logistic_regression", layer="pixels", augmented=True)
-    with pytest.raises(ConfigError, match="classifiers.aug.augmented is true, but .* has no augmented views"):
+    with pytest.raises(ConfigError, match=r"classifiers\.aug\.augmented is true, but .* has no augmented views"):
         train_classifier(features_file, config, tmp_path / "m")
