@@ -147,7 +147,7 @@ def link_images(source: Path, folder: Path) -> None:
 
 def fresh_output(out: Path) -> None:
     """Delete ``out`` and the earlier outputs kept beside it for reuse, so that a run computes every image."""
-    from pipeline.reuse import reuse_folder
+    from pipeline.extraction.reuse import reuse_folder
 
     out.unlink(missing_ok=True)
     shutil.rmtree(reuse_folder(out), ignore_errors=True)
@@ -161,14 +161,14 @@ def incremental_paths(workdir: Path) -> tuple[Path, Path, Path]:
 
 def image_paths(folder: Path) -> list[Path]:
     """The folder's images in the pipeline's own manifest order."""
-    from pipeline.dataset import read_images
+    from pipeline.extraction.dataset import read_images
 
     manifest = read_images(folder)
     return [manifest.absolute(i) for i in range(len(manifest))]
 
 
 def feature_model(config: ExtractConfig):
-    from pipeline.backbone import load_backbone
+    from pipeline.extraction.backbone import load_backbone
 
     backbone = load_backbone(config.backbone, config.weights, config.input_size)
     return backbone, backbone.feature_model(config.layer_names)
@@ -176,7 +176,7 @@ def feature_model(config: ExtractConfig):
 
 def pooled(config: ExtractConfig, outputs) -> list[np.ndarray]:
     """The anchors' in-memory outputs, pooled per layer as the pipeline stores them."""
-    from pipeline.extract import pool
+    from pipeline.extraction.extract import pool
 
     outputs = outputs if isinstance(outputs, list) else [outputs]
     return [pool(np.asarray(o), spec.pooling) for spec, o in zip(config.layers, outputs)]
@@ -184,7 +184,7 @@ def pooled(config: ExtractConfig, outputs) -> list[np.ndarray]:
 
 def measure_compute(config: ExtractConfig, folder: Path, n: int) -> dict:
     """The feature sub-model alone: predict_on_batch on one preprocessed float32 batch, repeated after a warm-up."""
-    from pipeline.images import decode_image
+    from pipeline.extraction.images import decode_image
 
     started = clock()
     backbone, model = feature_model(config)
@@ -204,7 +204,7 @@ def measure_compute(config: ExtractConfig, folder: Path, n: int) -> dict:
 def measure_pipeline(config: ExtractConfig, folder: Path, n: int) -> dict:
     """The whole stage, files to a complete HDF5 file, exactly as DVC runs it the first time (model load and content
     hashing included; no earlier output to reuse)."""
-    from pipeline.extract import run_extraction
+    from pipeline.extraction.extract import run_extraction
 
     out = folder.parent / f"features-{n}.h5"
     fresh_output(out)
@@ -228,8 +228,8 @@ class LogMarks(logging.Handler):
                 self.times[key] = record.created
 
 
-SHARD_MARKS = {"planned": "images in", "extracted": "shards extracted"}  # pipeline.shards: the workers' span
-EXTRACT_MARKS = {  # pipeline.extract and pipeline.hashing: the end of each phase of one extraction
+SHARD_MARKS = {"planned": "images in", "extracted": "shards extracted"}  # pipeline.extraction.shards: the workers' span
+EXTRACT_MARKS = {  # pipeline.extraction.extract and pipeline.extraction.hashing: the end of each phase of one extraction
     "loaded": "extracting %s from",  # folder listed, model built
     "hashed": "hashed %d files",  # every image's sha256
     "written": "images through the model in",  # rows copied from the kept file and new ones computed
@@ -241,14 +241,14 @@ def measure_cluster(config: ExtractConfig, folder: Path, n: int) -> dict:
     model load and plan, starting and stopping the cluster, the merge)."""
     import dataclasses
 
-    from pipeline.extract import run_extraction
+    from pipeline.extraction.extract import run_extraction
 
     shard_size = math.ceil(n / SHARDS)
     config = dataclasses.replace(config, cluster=CLUSTER, shard_size=shard_size)
     out = folder.parent / f"features-cluster-{n}.h5"
     fresh_output(out)
     phase = LogMarks(SHARD_MARKS)
-    logging.getLogger("pipeline.shards").addHandler(phase)
+    logging.getLogger("pipeline.extraction.shards").addHandler(phase)
     started = clock()
     run_extraction(folder, out, config)
     result = {"images": n, **since(started), "output": str(out)}
@@ -291,7 +291,7 @@ def timed_extraction(config: ExtractConfig, images: Path, out: Path) -> dict:
     """``run_extraction`` as DVC runs it, with the counts it returns and the seconds of each phase: listing the
     folder and building the model (``load_s``), hashing every file (``hash_s``), copying kept rows and computing the
     others (``rows_s``), then closing, keeping the output for reuse and the skipped report (``rest_s``)."""
-    from pipeline.extract import run_extraction
+    from pipeline.extraction.extract import run_extraction
 
     marks = LogMarks(EXTRACT_MARKS)
     logging.getLogger("pipeline").addHandler(marks)

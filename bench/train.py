@@ -166,8 +166,8 @@ def measure_read(workdir: Path, rows: int, width: int, repeats: int) -> list[dic
 
 def measure_memory_child(features: Path, mode: str, chunk_size: int) -> None:
     """Child mode: train SGD on ``features`` in ``mode``; print peak RSS before and after training as JSON."""
+    from pipeline.classification.train import train_classifier
     from pipeline.config import ClassifierConfig
-    from pipeline.train import train_classifier
 
     config = ClassifierConfig(
         name="sgd", estimator="sgd", layer=LAYER, out_of_core=mode == "out_of_core", passes=3,

@@ -33,7 +33,7 @@ def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) ->
     import keras
     import numpy as np
 
-    from pipeline.backbone import ARCHITECTURES, architecture
+    from pipeline.extraction.backbone import ARCHITECTURES, architecture
     from pipeline.validation import check_one_of
 
     if backbone.endswith(".keras"):
@@ -185,7 +185,7 @@ def extract_settings(args: argparse.Namespace) -> tuple[DataConfig, ExtractConfi
 
 def cmd_extract(args: argparse.Namespace) -> None:
     data, config = extract_settings(args)  # every key is checked before TensorFlow is imported
-    from pipeline.extract import run_extraction
+    from pipeline.extraction.extract import run_extraction
 
     run_extraction(data.images, args.out, config, data.image_root)
 
@@ -202,7 +202,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_reuse(args: argparse.Namespace) -> None:
-    from pipeline.reuse import entries, prune, reuse_folder
+    from pipeline.extraction.reuse import entries, prune, reuse_folder
 
     if args.prune is not None:
         prune(args.features, args.prune)

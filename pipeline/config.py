@@ -188,7 +188,7 @@ class LayerSpec:
 @dataclass(frozen=True)
 class SplitConfig:
     """How images of a source without split folders or a split column are split: by a hash of each image's content
-    keyed by ``seed`` (``pipeline.dataset.content_split``), so that no image ever moves as the dataset changes."""
+    keyed by ``seed`` (``pipeline.extraction.dataset.content_split``), so that no image ever moves as the dataset changes."""
 
     val_fraction: float = field(default=0.15, metadata={"help": "fraction of the images in the val split"})
     test_fraction: float = field(default=0.15, metadata={"help": "fraction of the images in the test split"})
@@ -247,9 +247,9 @@ class ExtractConfig:
 
     ``cluster``: None extracts in this process; ``local:N`` or ``tcp://host:port`` extracts on a Dask cluster in
     shards of ``shard_size`` images (rounded up to a multiple of the batch size), merged into the same file as one
-    process writes (see ``pipeline.shards``). ``augment_views`` K stores K seeded augmented views (``augment``) of
+    process writes (see ``pipeline.extraction.shards``). ``augment_views`` K stores K seeded augmented views (``augment``) of
     each train image beside its features. ``reuse`` keeps the outputs of that many most recent configs, so that a
-    later extraction with one of them computes only images it has not seen (see ``pipeline.reuse``; 0: off).
+    later extraction with one of them computes only images it has not seen (see ``pipeline.extraction.reuse``; 0: off).
     """
 
     backbone: str = field(

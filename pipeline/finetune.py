@@ -17,13 +17,20 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_directory
-from pipeline.augment import augment, view_rng
-from pipeline.backbone import ARCHITECTURES, Backbone, load_backbone
+from pipeline.classification.evaluate import Predictions, spread_probabilities, trained_on, write_evaluation
+from pipeline.classification.models import (
+    FEATURE_KEYS,
+    FINETUNED,
+    HISTORY_KEYS,
+    METADATA,
+    library_versions,
+    read_metadata,
+)
 from pipeline.config import FINETUNE_HEAD, AugmentConfig, ExtractConfig, FinetuneConfig
-from pipeline.evaluate import Predictions, spread_probabilities, trained_on, write_evaluation
-from pipeline.hashing import hash_files
-from pipeline.images import decode_image, iter_batches
-from pipeline.models import FEATURE_KEYS, FINETUNED, HISTORY_KEYS, METADATA, library_versions, read_metadata
+from pipeline.extraction.augment import augment, view_rng
+from pipeline.extraction.backbone import ARCHITECTURES, Backbone, load_backbone
+from pipeline.extraction.hashing import hash_files
+from pipeline.extraction.images import decode_image, iter_batches
 from pipeline.store import open_features, selected_rows
 from pipeline.validation import ConfigError, did_you_mean
 
@@ -468,7 +475,7 @@ def evaluate_finetuned(
     model_dir: str | Path, features: str | Path, images: str | Path, out_dir: str | Path, split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate a fine-tuned model on ``split``'s images (the features file's rows, streamed from ``images``) and write
-    the same files and metrics as ``pipeline.evaluate.evaluate_model``; returns the metrics."""
+    the same files and metrics as ``pipeline.classification.evaluate.evaluate_model``; returns the metrics."""
     model, metadata = load_finetuned(model_dir)
     attrs = trained_on(model_dir, metadata, features)
     extract = ExtractConfig.from_params(metadata["features"]["extract_config"])

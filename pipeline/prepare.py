@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.atomic import atomic_directory
 from pipeline.config import PrepareConfig
-from pipeline.dataset import SPLITS
+from pipeline.extraction.dataset import SPLITS
 from pipeline.validation import ConfigError
 
 log = logging.getLogger(__name__)

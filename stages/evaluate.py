@@ -2,8 +2,8 @@
 
 import argparse
 
+from pipeline.classification.evaluate import evaluate_model
 from pipeline.entry import run
-from pipeline.evaluate import evaluate_model
 
 
 def main() -> None:

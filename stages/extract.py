@@ -4,7 +4,7 @@ import argparse
 
 from pipeline.config import DataConfig, ExtractConfig, load_params, section
 from pipeline.entry import run
-from pipeline.extract import run_extraction
+from pipeline.extraction.extract import run_extraction
 
 
 def main() -> None:

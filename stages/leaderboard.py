@@ -2,9 +2,9 @@
 
 import argparse
 
+from pipeline.classification.leaderboard import augmented_twins, write_leaderboard
 from pipeline.config import FinetuneConfig, TrainConfig, load_params, section
 from pipeline.entry import run
-from pipeline.leaderboard import augmented_twins, write_leaderboard
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 import argparse
 
+from pipeline.classification.train import train_classifier
 from pipeline.config import ClassifierConfig, ExtractConfig, TrainConfig, load_params, section
 from pipeline.entry import run
-from pipeline.train import train_classifier
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import pytest
 from synthetic import N_ROWS, write_features
 
 from pipeline.config import AugmentConfig, ExtractConfig, PrepareConfig
-from pipeline.dataset import read_split_folders
-from pipeline.extract import extract_features
+from pipeline.extraction.dataset import read_split_folders
+from pipeline.extraction.extract import extract_features
 from pipeline.prepare import prepare_digits
 
 # Small inputs keep the suite fast on 2 CPU cores; the weights are the genuine ImageNet ones.
@@ -48,7 +48,7 @@ def extract_config():
 @pytest.fixture(scope="session")
 def mobilenet(extract_config):
     """The ImageNet MobileNet V1 backbone at the tests' input size (weights fetched and converted once per machine)."""
-    from pipeline.backbone import load_backbone
+    from pipeline.extraction.backbone import load_backbone
 
     return load_backbone("mobilenet", "imagenet", INPUT_SIZE)
 

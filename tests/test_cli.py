@@ -262,7 +262,7 @@ def test_layers_default_to_a_keras_files_last_layer(outside, caplog):
 
 
 def test_the_default_layer_keeps_its_name_in_the_extraction_model(outside):
-    from pipeline.backbone import architecture
+    from pipeline.extraction.backbone import architecture
 
     layer = settings("--backbone", "mobilenetv3small", "--input-size", "32", "32").layer_names[0]
     assert layer.startswith("activation")  # an automatic name, numbered per Keras session
@@ -282,8 +282,8 @@ def test_outside_a_project_extract_works_with_the_defaults(digits_dir, tmp_path)
 
 @pytest.fixture(scope="module")
 def lr_model(features_file, tmp_path_factory):
+    from pipeline.classification.train import train_classifier
     from pipeline.config import ClassifierConfig
-    from pipeline.train import train_classifier
 
     out = tmp_path_factory.mktemp("cli_models") / "lr"
     config = ClassifierConfig(name="lr", estimator="logistic_regression", layer="conv_pw_5_relu")

@@ -6,9 +6,9 @@ import joblib
 import pytest
 from distributed import Client, LocalCluster
 
+from pipeline.classification.train import train_classifier
 from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
-from pipeline.train import train_classifier
 from pipeline.validation import ConfigError
 
 

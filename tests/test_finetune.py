@@ -11,9 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.backbone import load_backbone
+from pipeline.classification.evaluate import evaluate_model
+from pipeline.classification.models import METADATA
+from pipeline.classification.train import train_classifier
 from pipeline.config import AugmentConfig, ClassifierConfig, ExtractConfig, FinetuneConfig
-from pipeline.evaluate import evaluate_model
+from pipeline.extraction.backbone import load_backbone
 from pipeline.finetune import (
     BACKBONE,
     KIND,
@@ -30,8 +32,6 @@ from pipeline.finetune import (
     preprocess_function,
     run_finetune,
 )
-from pipeline.models import METADATA
-from pipeline.train import train_classifier
 from pipeline.validation import ConfigError
 
 LAYER = "conv_pw_5_relu"  # stored average-pooled (256 values) in the conftest features file, at 64x64
@@ -199,7 +199,7 @@ def test_evaluation_writes_what_the_evaluate_stage_writes(finetuned, head, featu
 
 
 def image_from(path):
-    from pipeline.images import decode_image
+    from pipeline.extraction.images import decode_image
 
     return decode_image(path, (64, 64), "bilinear")
 

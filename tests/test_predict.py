@@ -10,12 +10,13 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.backbone import load_backbone
+from pipeline.classification.models import METADATA, load_model
+from pipeline.classification.train import train_classifier
 from pipeline.cli import main
 from pipeline.config import ClassifierConfig, FinetuneConfig
+from pipeline.extraction.backbone import load_backbone
+from pipeline.extraction.images import iter_batches
 from pipeline.finetune import build_model, finetune_model, load_finetuned, load_head
-from pipeline.images import iter_batches
-from pipeline.models import METADATA, load_model
 from pipeline.predict import (
     Prediction,
     expand_inputs,
@@ -24,7 +25,6 @@ from pipeline.predict import (
     predict_images,
     write_csv,
 )
-from pipeline.train import train_classifier
 from pipeline.validation import ConfigError
 
 ROWS = slice(0, None, 7)  # 15 of the 100 images, from every split

@@ -1,4 +1,4 @@
-"""Tests for pipeline.classifiers: the registry, hyper-parameter checks and the Keras head as a scikit-learn estimator."""
+"""Tests for pipeline.classification.classifiers: the registry, hyper-parameter checks and the Keras head as a scikit-learn estimator."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,13 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.classifiers import ESTIMATORS, KerasHeadClassifier, _block_batches, build_estimator, final_estimator
+from pipeline.classification.classifiers import (
+    ESTIMATORS,
+    KerasHeadClassifier,
+    _block_batches,
+    build_estimator,
+    final_estimator,
+)
 from pipeline.config import ClassifierConfig
 from pipeline.store import Split
 from pipeline.validation import ConfigError
@@ -87,7 +93,7 @@ def test_keras_head_early_stopping_uses_the_validation_split():
 
 
 class Blocks:
-    """The block stream ``KerasHeadClassifier.fit_stream`` reads (``pipeline.stream.BlockStream`` reads HDF5), over
+    """The block stream ``KerasHeadClassifier.fit_stream`` reads (``pipeline.classification.stream.BlockStream`` reads HDF5), over
     arrays in memory: blocks of ``size`` rows, in order for ``epoch`` None, else of rows shuffled for that epoch."""
 
     def __init__(self, X, y, size):

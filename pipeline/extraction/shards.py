@@ -16,11 +16,11 @@ from dask.base import tokenize
 from distributed import Client, as_completed
 from tqdm import tqdm
 
-from pipeline import accelerate
 from pipeline.cluster import dask_client
 from pipeline.config import ExtractConfig
-from pipeline.dataset import Manifest
-from pipeline.extract import (
+from pipeline.extraction import accelerate
+from pipeline.extraction.dataset import Manifest
+from pipeline.extraction.extract import (
     Extracted,
     FeatureModel,
     load_feature_model,
@@ -29,7 +29,7 @@ from pipeline.extract import (
     resume_key,
     write_features,
 )
-from pipeline.reuse import Reuse
+from pipeline.extraction.reuse import Reuse
 from pipeline.validation import ConfigError, UserError
 
 log = logging.getLogger(__name__)

@@ -21,16 +21,16 @@ import pytest
 import tensorflow as tf
 from synthetic import assert_same_contents, contents
 
-from pipeline import extract
-from pipeline.accelerate import Compute
 from pipeline.atomic import temporary_sibling
 from pipeline.config import AugmentConfig, ExtractConfig, LayerSpec, PrepareConfig
-from pipeline.dataset import Manifest, read_images
-from pipeline.extract import extract_features, pool, provenance, skipped_report_path
-from pipeline.images import ImageDecodeError
+from pipeline.extraction import extract
+from pipeline.extraction.accelerate import Compute
+from pipeline.extraction.dataset import Manifest, read_images
+from pipeline.extraction.extract import extract_features, pool, provenance, skipped_report_path
+from pipeline.extraction.images import ImageDecodeError
+from pipeline.extraction.weights import SOURCE
 from pipeline.prepare import prepare_digits
 from pipeline.validation import ConfigError, UserError
-from pipeline.weights import SOURCE
 
 ROWS = [0, 33, 71, 99]  # a few images from different splits and classes
 
@@ -218,7 +218,7 @@ def test_on_error_skip_drops_bad_rows_and_reports_them(tmp_path, digits_dir, man
 
 
 def test_gpu_options_are_logged_no_ops_on_cpu(tmp_path, manifest, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.accelerate")
+    caplog.set_level(logging.INFO, logger="pipeline.extraction.accelerate")
     config = dataclasses.replace(small_config("conv_pw_1_relu"), mixed_precision=True, xla=True)
     out = extract_features(manifest, config, tmp_path / "f.h5").path
     assert "mixed_precision applies only on a GPU" in caplog.text and "xla applies only on a GPU" in caplog.text
@@ -433,7 +433,7 @@ def photos(tmp_path_factory):
     ],
 )
 def test_photos_match_keras_reference_for_two_backbones(photos, tmp_path, backbone, weights, size, layers):
-    from pipeline.backbone import load_backbone
+    from pipeline.extraction.backbone import load_backbone
 
     if weights is None:  # one random draw, saved, so the pipeline and the reference use the same weights
         weights = str(tmp_path / f"{backbone}.weights.h5")

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
-from pipeline.dataset import Manifest
+from pipeline.extraction.dataset import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from PIL import Image
 from synthetic import assert_same_contents, contents
 
 from pipeline.config import ExtractConfig
-from pipeline.dataset import read_split_folders
-from pipeline.extract import extract_features
-from pipeline.reuse import entries, reuse_folder
+from pipeline.extraction.dataset import read_split_folders
+from pipeline.extraction.extract import extract_features
+from pipeline.extraction.reuse import entries, reuse_folder
 
 # oneDNN's CPU kernels can change the last bits of an image's features with its slot in the batch, and inserting or
 # removing images moves the slots of those after them: a from-scratch run of the new set computes some unchanged

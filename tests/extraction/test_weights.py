@@ -13,9 +13,9 @@ import tensorflow as tf
 from PIL import Image
 from skimage import data
 
-from pipeline import weights
-from pipeline.backbone import load_backbone
-from pipeline.weights import WeightsError
+from pipeline.extraction import weights
+from pipeline.extraction.backbone import load_backbone
+from pipeline.extraction.weights import WeightsError
 
 
 @pytest.fixture(scope="module")

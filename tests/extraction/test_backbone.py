@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.backbone import load_backbone, weights_fingerprint
-from pipeline.hashing import file_sha256
+from pipeline.extraction.backbone import load_backbone, weights_fingerprint
+from pipeline.extraction.hashing import file_sha256
+from pipeline.extraction.weights import SOURCE, WeightsError
 from pipeline.validation import ConfigError
-from pipeline.weights import SOURCE, WeightsError
 
 SMALL = (64, 64)
 

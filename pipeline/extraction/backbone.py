@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import weights as offline
 from pipeline.config import PREPROCESSING_MODES
-from pipeline.hashing import file_sha256
+from pipeline.extraction import weights as offline
+from pipeline.extraction.hashing import file_sha256
 from pipeline.validation import ConfigError, check_one_of, did_you_mean
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.hashing import UNREADABLE, file_sha256, hash_files
+from pipeline.extraction.hashing import UNREADABLE, file_sha256, hash_files
 
 
 def test_hashes_are_the_sha256_of_the_bytes_in_order(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for pipeline.evaluate: test-split metrics and DVC plot data (confusion, per class, curves) from trained models."""
+"""Tests for pipeline.classification.evaluate: test-split metrics and DVC plot data (confusion, per class, curves) from trained models."""
 
 import json
 import shutil
@@ -10,11 +10,11 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, precision_recall_fscore_support, top_k_accuracy_score
 
+from pipeline.classification.evaluate import class_probabilities, evaluate_model, score
+from pipeline.classification.models import load_model, read_metadata
+from pipeline.classification.train import train_classifier
 from pipeline.config import ClassifierConfig
-from pipeline.evaluate import class_probabilities, evaluate_model, score
-from pipeline.models import load_model, read_metadata
 from pipeline.store import load_split
-from pipeline.train import train_classifier
 from pipeline.validation import ConfigError
 
 BASE_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "n", "val_accuracy", "fit_seconds", "predict_seconds"}

@@ -1,4 +1,4 @@
-"""Tests for pipeline.images: decode_image on every common kind of image file, its errors, and iter_batches."""
+"""Tests for pipeline.extraction.images: decode_image on every common kind of image file, its errors, and iter_batches."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import RESAMPLING, Batch, ImageDecodeError, decode_image, iter_batches
+from pipeline.extraction.images import RESAMPLING, Batch, ImageDecodeError, decode_image, iter_batches
 from pipeline.validation import ConfigError
 
 ORIENTATION = 0x0112  # the EXIF tag

@@ -10,19 +10,19 @@ from typing import Any
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from pipeline.classifiers import (
+from pipeline.classification.classifiers import (
     KerasHeadClassifier,
     build_estimator,
     build_search,
     configured_estimator,
     final_estimator,
 )
+from pipeline.classification.evaluate import predictions
+from pipeline.classification.models import FEATURE_KEYS, HISTORY_KEYS, save_model
+from pipeline.classification.stream import check_streaming, fit_out_of_core
 from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
-from pipeline.evaluate import predictions
-from pipeline.models import FEATURE_KEYS, HISTORY_KEYS, save_model
 from pipeline.store import Split, feature_shape, load_layers, load_views, read_attrs, split_nbytes
-from pipeline.stream import check_streaming, fit_out_of_core
 from pipeline.validation import ConfigError, check_one_of, format_bytes
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def train_classifier(
 
     With a ``search`` section the hyper-parameters are chosen first by cross-validation on the train split, in
     parallel through joblib (on a Dask ``cluster`` when one is given). Out of core (see ``out_of_core_reason``)
-    the train split streams from HDF5 in blocks of ``chunk_size`` bytes into ``partial_fit`` (``pipeline.stream``).
+    the train split streams from HDF5 in blocks of ``chunk_size`` bytes into ``partial_fit`` (``pipeline.classification.stream``).
     ``model.json`` records the fit time, the val accuracy, the search result and the per-epoch ``history`` (see
     ``training_history``).
     """

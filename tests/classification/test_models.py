@@ -1,13 +1,13 @@
-"""Tests for pipeline.models: saving and loading classifiers with the metadata of what they expect."""
+"""Tests for pipeline.classification.models: saving and loading classifiers with the metadata of what they expect."""
 
 import json
 
 import numpy as np
 import pytest
 
-from pipeline.classifiers import KerasHeadClassifier, build_estimator
+from pipeline.classification.classifiers import KerasHeadClassifier, build_estimator
+from pipeline.classification.models import load_model, read_metadata, save_model
 from pipeline.config import ClassifierConfig
-from pipeline.models import load_model, read_metadata, save_model
 from pipeline.validation import ConfigError
 
 rng = np.random.default_rng(0)

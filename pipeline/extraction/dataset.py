@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from pipeline.config import SplitConfig
-from pipeline.hashing import hash_files
+from pipeline.extraction.hashing import hash_files
 from pipeline.validation import ConfigError, check_one_of, did_you_mean
 
 log = logging.getLogger(__name__)

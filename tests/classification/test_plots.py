@@ -1,9 +1,9 @@
-"""Tests for pipeline.plots: heat maps are real PNG files of the requested size, with blank cells for NaN."""
+"""Tests for pipeline.classification.plots: heat maps are real PNG files of the requested size, with blank cells for NaN."""
 
 import numpy as np
 from PIL import Image
 
-from pipeline.plots import heatmap
+from pipeline.classification.plots import heatmap
 
 
 def test_heatmap_writes_a_png(tmp_path):

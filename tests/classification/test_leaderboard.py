@@ -1,4 +1,4 @@
-"""Tests for pipeline.leaderboard: every configured classifier x layer ranked, written as CSV, Markdown, JSON and PNG."""
+"""Tests for pipeline.classification.leaderboard: every configured classifier x layer ranked, written as CSV, Markdown, JSON and PNG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import re
 
 import pytest
 
-from pipeline.leaderboard import COLUMNS, augmented_twins, collect, markdown, transfer_gains, write_leaderboard
+from pipeline.classification.leaderboard import (
+    COLUMNS,
+    augmented_twins,
+    collect,
+    markdown,
+    transfer_gains,
+    write_leaderboard,
+)
 from pipeline.validation import ConfigError
 
 RESULTS = {  # (classifier, layer) -> (test accuracy, val accuracy)

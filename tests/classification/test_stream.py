@@ -1,4 +1,4 @@
-"""Tests for pipeline.stream: blocks of real HDF5 features files, training from them, and its bounded peak memory."""
+"""Tests for pipeline.classification.stream: blocks of real HDF5 features files, training from them, and its bounded peak memory."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pytest
 from sklearn.decomposition import IncrementalPCA
 from synthetic import LABELS, ROW, WIDE, write_features
 
-from pipeline.classifiers import KerasHeadClassifier, build_estimator
+from pipeline.classification.classifiers import KerasHeadClassifier, build_estimator
+from pipeline.classification.models import load_model, save_model
+from pipeline.classification.stream import check_streaming, fit_out_of_core
 from pipeline.config import ClassifierConfig
-from pipeline.models import load_model, save_model
 from pipeline.store import load_layers, split_nbytes
-from pipeline.stream import check_streaming, fit_out_of_core
 from pipeline.validation import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- check_streaming ------------------------------------------------------------------------------------------
@@ -148,10 +148,10 @@ LAUNCH = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 MEASURE = """
 import json, resource, sys
 import numpy as np
-from pipeline.classifiers import build_estimator
+from pipeline.classification.classifiers import build_estimator
 from pipeline.config import ClassifierConfig
 from pipeline.store import load_layers, split_nbytes
-from pipeline.stream import fit_out_of_core
+from pipeline.classification.stream import fit_out_of_core
 
 path, mode, chunk_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
 estimator = build_estimator(ClassifierConfig(name="big", estimator="sgd", layer="wide"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.augment import augment, augment_views, view_rng
 from pipeline.config import AugmentConfig
+from pipeline.extraction.augment import augment, augment_views, view_rng
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, 24, 20, 3), dtype=np.uint8)
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
+from pipeline.classification.plots import heatmap
 from pipeline.config import FINETUNE_FOLDER, PIXELS
-from pipeline.plots import heatmap
 from pipeline.validation import ConfigError
 
 log = logging.getLogger(__name__)

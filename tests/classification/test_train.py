@@ -1,15 +1,15 @@
-"""Tests for pipeline.train: one configured classifier trained on a real features file, saved with provenance and history."""
+"""Tests for pipeline.classification.train: one configured classifier trained on a real features file, saved with provenance and history."""
 
 import h5py
 import numpy as np
 import pytest
 from sklearn.model_selection import StratifiedGroupKFold
 
-from pipeline.classifiers import KerasHeadClassifier, build_estimator, build_search
+from pipeline.classification.classifiers import KerasHeadClassifier, build_estimator, build_search
+from pipeline.classification.models import FEATURE_KEYS, load_model
+from pipeline.classification.train import train_classifier, training_history
 from pipeline.config import ClassifierConfig
-from pipeline.models import FEATURE_KEYS, load_model
 from pipeline.store import load_layers, load_split, split_nbytes
-from pipeline.train import train_classifier, training_history
 from pipeline.validation import ConfigError
 
 
@@ -92,7 +92,7 @@ def test_keras_head_behind_pooling_and_pca_round_trips(features_file, tmp_path):
 
 
 def test_concatenated_layers_train_evaluate_and_predict(features_file, tmp_path, manifest):
-    from pipeline.evaluate import evaluate_model
+    from pipeline.classification.evaluate import evaluate_model
     from pipeline.predict import predict_images
 
     config = ClassifierConfig(
@@ -169,7 +169,7 @@ def test_an_estimator_that_cannot_stream_is_refused_over_the_budget(features_fil
 
 
 def test_augmented_trains_on_the_clean_rows_and_their_views(views_file, tmp_path, monkeypatch):
-    from pipeline import train as training
+    from pipeline.classification import train as training
 
     seen, fit = [], training.fit
 

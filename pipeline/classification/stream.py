@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from pipeline.classifiers import (
+from pipeline.classification.classifiers import (
     KerasHeadClassifier,
     SpatialPool,
     configured_estimator,

@@ -1,4 +1,4 @@
-"""Tests for pipeline.dataset: split folders, class folders, flat folders and CSV files become one manifest."""
+"""Tests for pipeline.extraction.dataset: split folders, class folders, flat folders and CSV files become one manifest."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import SplitConfig
-from pipeline.dataset import (
+from pipeline.extraction.dataset import (
     IMAGE_EXTENSIONS,
     SPLITS,
     UNLABELLED,
@@ -22,7 +22,7 @@ from pipeline.dataset import (
     read_images,
     read_split_folders,
 )
-from pipeline.hashing import file_sha256
+from pipeline.extraction.hashing import file_sha256
 from pipeline.validation import ConfigError
 
 
@@ -112,7 +112,7 @@ def test_every_image_extension_in_any_case_is_read(tmp_path):
 
 def test_other_files_are_reported_not_read(tmp_path, caplog):
     root = make_tree(tmp_path, "train/a/1.png", "train/a/notes.txt", "train/a/.DS_Store", "train/b/labels.csv")
-    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.extraction.dataset"):
         manifest = read_split_folders(root)
     assert manifest.paths == ("train/a/1.png",)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -215,7 +215,7 @@ def test_class_folders_read_nested_images_and_report_the_rest(tmp_path, caplog):
         tmp_path, "a/1.png", "a/deep/2.jpg", "a/notes.txt", "a/.hidden.png", "b/1.png", "b/2.png", "a/3.png",
         "b/3.png", "loose.png", ".git/x.png", "empty/readme.md",
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.extraction.dataset"):
         manifest = read_folder(root, SplitConfig(val_fraction=0.3, test_fraction=0.3))
     assert manifest.class_names == ("a", "b")
     assert manifest.paths == ("a/1.png", "a/3.png", "a/deep/2.jpg", "b/1.png", "b/2.png", "b/3.png")
@@ -227,7 +227,7 @@ def test_class_folders_read_nested_images_and_report_the_rest(tmp_path, caplog):
 
 def test_a_class_too_small_for_every_split_is_named_in_a_warning(tmp_path, caplog):
     root = class_tree(tmp_path, {"big": 60, "tiny": 1})
-    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.extraction.dataset"):
         manifest = read_images(root)
     counts = split_counts(manifest)
     assert sum(counts["tiny"]) == 1 and min(counts["big"]) > 0
@@ -263,7 +263,7 @@ def test_class_folder_symlink_escaping_the_root_is_refused(tmp_path):
 
 def test_flat_folder_is_unlabelled(tmp_path, caplog):
     root = make_tree(tmp_path / "photos", "z.png", "a.JPG", "m.webp", "notes.txt", ".thumb.png")
-    with caplog.at_level(logging.WARNING, logger="pipeline.dataset"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.extraction.dataset"):
         manifest = read_images(root)
     assert manifest.paths == ("a.JPG", "m.webp", "z.png")
     assert manifest.labels.tolist() == [-1, -1, -1] and manifest.labels.dtype == np.int64

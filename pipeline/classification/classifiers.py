@@ -34,7 +34,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
     sparse categorical cross-entropy. With ``normalize`` the first layer is a ``keras.layers.Normalization``
     adapted to the training features, so the saved ``.keras`` model maps raw features to probabilities.
     ``fit(X, y, validation_data=(X_val, y_val))`` stops early on the validation loss and keeps the best weights;
-    ``fit_stream`` trains the same way on blocks streamed from HDF5 (``pipeline.stream``).
+    ``fit_stream`` trains the same way on blocks streamed from HDF5 (``pipeline.classification.stream``).
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def fit_stream(self, train, classes: np.ndarray, validation=None):
-        """Fit on a block stream (``pipeline.stream.BlockStream``) without holding the split in memory.
+        """Fit on a block stream (``pipeline.classification.stream.BlockStream``) without holding the split in memory.
 
         ``train(epoch)`` yields blocks (``Split``) shuffled for that epoch, ``train(None)`` in file order, and
         ``len(train)`` is the row count; ``validation`` is the same for the val split, for early stopping. The

@@ -21,12 +21,12 @@ import pytest
 from distributed import Client, LocalCluster
 from synthetic import assert_same_contents, contents
 
-from pipeline import accelerate, extract
 from pipeline.atomic import temporary_sibling
 from pipeline.config import ExtractConfig, LayerSpec
-from pipeline.dataset import read_images
-from pipeline.extract import extract_features, skipped_report_path
-from pipeline.shards import extract_shard, plan_shards, shard_folder
+from pipeline.extraction import accelerate, extract
+from pipeline.extraction.dataset import read_images
+from pipeline.extraction.extract import extract_features, skipped_report_path
+from pipeline.extraction.shards import extract_shard, plan_shards, shard_folder
 
 BROKEN = (10, 17, 22)  # positions of the files that are not images in the damaged manifest (43 rows, shards of 8)
 

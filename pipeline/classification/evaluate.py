@@ -21,8 +21,8 @@ from sklearn.metrics import (
 )
 
 from pipeline.atomic import atomic_file, write_json
-from pipeline.models import load_model
-from pipeline.plots import heatmap
+from pipeline.classification.models import load_model
+from pipeline.classification.plots import heatmap
 from pipeline.store import iter_chunks, read_attrs
 from pipeline.validation import ConfigError
 

@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from pipeline.atomic import atomic_directory
-from pipeline.classifiers import KerasHeadClassifier, final_estimator
+from pipeline.classification.classifiers import KerasHeadClassifier, final_estimator
 from pipeline.validation import ConfigError
 
 METADATA = "model.json"

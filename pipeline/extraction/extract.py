@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import __version__, accelerate
+from pipeline import __version__
 from pipeline.atomic import atomic_file, check_writable, disk_full_reported
-from pipeline.augment import augment_views
-from pipeline.backbone import Backbone, load_backbone
 from pipeline.config import PIXELS, PLACEMENT, ExtractConfig, LayerSpec, config_hash
-from pipeline.dataset import Manifest, read_images
-from pipeline.images import iter_batches
-from pipeline.reuse import Reuse, candidates, remember, reuse_folder
+from pipeline.extraction import accelerate
+from pipeline.extraction.augment import augment_views
+from pipeline.extraction.backbone import Backbone, load_backbone
+from pipeline.extraction.dataset import Manifest, read_images
+from pipeline.extraction.images import iter_batches
+from pipeline.extraction.reuse import Reuse, candidates, remember, reuse_folder
 from pipeline.store import COPY_PIECE_BYTES, FeatureWriter, check_replaceable, longest, row_nbytes
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def resume_key(config_hash: str, manifest_sha256: str) -> str:
 @dataclass(frozen=True)
 class Extracted:
     """What an extraction did: the file, the (path, reason) of each image that could not be decoded, how many
-    images went through the model, and how many rows were copied from earlier files (``pipeline.reuse``)."""
+    images went through the model, and how many rows were copied from earlier files (``pipeline.extraction.reuse``)."""
 
     path: Path
     skipped: list[tuple[str, str]]
@@ -323,7 +324,7 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
         if config.cluster is None:
             result = write_features(features, config, compute, manifest, out, reuse)
         else:
-            from pipeline.shards import extract_on_cluster  # imports dask only when a cluster is configured
+            from pipeline.extraction.shards import extract_on_cluster  # imports dask only when a cluster is configured
 
             result = extract_on_cluster(features, config, compute, manifest, out, reuse)
     log.info("%d rows reused from earlier extractions, %d images computed", result.reused, result.computed)
