@@ -176,7 +176,7 @@ def feature_model(config: ExtractConfig):
 
 def pooled(config: ExtractConfig, outputs) -> list[np.ndarray]:
     """The anchors' in-memory outputs, pooled per layer as the pipeline stores them."""
-    from pipeline.extraction.extract import pool
+    from pipeline.extraction.model import pool
 
     outputs = outputs if isinstance(outputs, list) else [outputs]
     return [pool(np.asarray(o), spec.pooling) for spec, o in zip(config.layers, outputs)]
@@ -229,7 +229,7 @@ class LogMarks(logging.Handler):
 
 
 SHARD_MARKS = {"planned": "images in", "extracted": "shards extracted"}  # pipeline.extraction.shards: the workers' span
-EXTRACT_MARKS = {  # pipeline.extraction.extract and pipeline.extraction.hashing: the end of each phase of one extraction
+EXTRACT_MARKS = {  # pipeline.extraction.extract, .hashing and .write: the end of each phase of one extraction
     "loaded": "extracting %s from",  # folder listed, model built
     "hashed": "hashed %d files",  # every image's sha256
     "written": "images through the model in",  # rows copied from the kept file and new ones computed

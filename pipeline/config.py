@@ -14,12 +14,17 @@ import yaml
 
 from pipeline.validation import (
     ConfigError,
+    check_bool,
     check_bytes,
     check_cluster,
     check_fraction,
     check_int,
     check_keys,
+    check_mapping,
+    check_number,
     check_one_of,
+    check_text,
+    invalid,
 )
 
 POOLINGS = ("none", "avg", "max")
@@ -61,7 +66,8 @@ def check_split(section: str, val_fraction: Any, test_fraction: Any, seed: Any) 
     check_fraction(f"{section}.test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
         raise ConfigError(
-            f"{section}.val_fraction + {section}.test_fraction must be below 1. Received: {val_fraction} + {test_fraction}"
+            f"{section}.val_fraction + {section}.test_fraction must be below 1 (the rest is the train split). "
+            f"Received: {section}.val_fraction={val_fraction!r}, {section}.test_fraction={test_fraction!r}"
         )
     check_int(f"{section}.seed", seed)
 
@@ -89,15 +95,10 @@ class DataConfig:
 
     def __post_init__(self):
         if not isinstance(self.images, str) or not self.images.strip():
-            raise ConfigError(
-                f"data.images must be the path of an image folder or a .csv manifest. Received: data.images={self.images!r}"
-            )
+            raise invalid("data.images", self.images, "the path of an image folder or a .csv manifest")
         if self.image_root is not None:
             if not isinstance(self.image_root, str) or not self.image_root.strip():
-                raise ConfigError(
-                    "data.image_root must be null or the folder a CSV manifest's filenames are relative to. "
-                    f"Received: data.image_root={self.image_root!r}"
-                )
+                raise invalid("data.image_root", self.image_root, "null or the folder a CSV manifest's filenames are relative to")
             if not self.is_csv:
                 raise ConfigError(
                     "data.image_root applies to a .csv manifest only (a folder is its own image root): set it to null, "
@@ -179,10 +180,14 @@ class LayerSpec:
     )
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigError(f"layer names must be non-empty strings. Received: {self.name!r}")
-        check_one_of(f"extract.layers.{self.name}.pooling", self.pooling, POOLINGS)
-        check_one_of(f"extract.layers.{self.name}.dtype", self.dtype, DTYPES)
+        check_text("extract.layers entry", self.name, "a non-empty layer name")
+        self.check_options(f"extract.layers.{self.name}", self.pooling, self.dtype)
+
+    @staticmethod
+    def check_options(section: str, pooling: Any, dtype: Any) -> None:
+        """Check a pooling and dtype set under ``section``: ``extract`` (every layer's) or ``extract.layers.<name>``."""
+        check_one_of(f"{section}.pooling", pooling, POOLINGS)
+        check_one_of(f"{section}.dtype", dtype, DTYPES)
 
 
 @dataclass(frozen=True)
@@ -219,18 +224,12 @@ class AugmentConfig:
 
     def __post_init__(self):
         check_one_of(f"{self.section}.flip", self.flip, FLIPS)
-        rotation = self.rotation
-        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or not 0 <= rotation <= 180:
-            raise ConfigError(
-                f"{self.section}.rotation must be a number of degrees in [0, 180]. Received: rotation={rotation!r}"
-            )
-        crop = self.crop
-        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
-            raise ConfigError(
-                f"{self.section}.crop must be the smallest kept fraction of a side, in (0, 1]. Received: crop={crop!r}"
-            )
-        object.__setattr__(self, "rotation", float(rotation))
-        object.__setattr__(self, "crop", float(crop))
+        rotation = check_number(f"{self.section}.rotation", self.rotation, 0, 180, what="a number of degrees")
+        crop = check_number(
+            f"{self.section}.crop", self.crop, 0, 1, open_min=True, what="the smallest kept fraction of a side,"
+        )
+        object.__setattr__(self, "rotation", rotation)
+        object.__setattr__(self, "crop", crop)
         check_int(f"{self.section}.seed", self.seed)
 
     @classmethod
@@ -323,17 +322,16 @@ class ExtractConfig:
     )
 
     def __post_init__(self):
-        if not isinstance(self.backbone, str) or not self.backbone:
-            raise ConfigError(f"extract.backbone must be a model name or a .keras path. Received: {self.backbone!r}")
-        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
-            raise ConfigError(
-                f"extract.weights must be 'imagenet', null or a weights file path. Received: {self.weights!r}"
-            )
+        check_text("extract.backbone", self.backbone, "a model name or a .keras path")
+        if self.weights is not None:
+            check_text("extract.weights", self.weights, "'imagenet', null or a weights file path")
         if self.input_size is not None:
             size = self.input_size
-            if not isinstance(size, (list, tuple)) or len(size) != 2:
-                raise ConfigError(f"extract.input_size must be [height, width] or null. Received: {size!r}")
-            object.__setattr__(self, "input_size", tuple(check_int("extract.input_size", s, 32) for s in size))
+            if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 32 for s in size
+            ):
+                raise invalid("extract.input_size", size, "[height, width] (integers >= 32) or null")
+            object.__setattr__(self, "input_size", tuple(size))
         check_one_of("extract.interpolation", self.interpolation, INTERPOLATIONS)
         if self.preprocessing is not None:
             check_one_of("extract.preprocessing", self.preprocessing, PREPROCESSING_MODES)
@@ -343,8 +341,7 @@ class ExtractConfig:
             check_one_of("extract.compression", self.compression, COMPRESSIONS)
         check_one_of("extract.on_error", self.on_error, ON_ERROR)
         for flag in ("mixed_precision", "xla"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"extract.{flag} must be true or false. Received: {getattr(self, flag)!r}")
+            check_bool(f"extract.{flag}", getattr(self, flag))
         if not isinstance(self.split, SplitConfig):
             object.__setattr__(self, "split", SplitConfig.from_params(self.split))
         if self.pixels is not None:
@@ -355,15 +352,15 @@ class ExtractConfig:
         check_cluster("extract.cluster", self.cluster)
         check_int("extract.shard_size", self.shard_size, minimum=1)
         check_int("extract.reuse", self.reuse, minimum=0)
-        if not self.layers:
-            raise ConfigError("extract.layers must name at least one layer.")
         names = [spec.name for spec in self.layers]
+        if not names:
+            raise invalid("extract.layers", names, "a non-empty list of layer names")
         if len(set(names)) != len(names):
-            raise ConfigError(f"extract.layers must not repeat a layer. Received: {names}")
+            raise ConfigError(f"extract.layers must not repeat a layer. Received: extract.layers={names}")
         if PIXELS in names:
             raise ConfigError(
                 f"extract.layers must not name {PIXELS!r}: it is the raw-pixel baseline, set by extract.pixels "
-                "(a side length, e.g. 16)"
+                f"(a side length, e.g. 16). Received: extract.layers={names}"
             )
 
     @classmethod
@@ -372,6 +369,7 @@ class ExtractConfig:
         allowed = [f.name for f in param_fields(cls) + options]
         mapping = dict(check_keys("extract", mapping, allowed, required=["layers"]))
         defaults = {f.name: mapping.pop(f.name, f.default) for f in options}
+        LayerSpec.check_options("extract", **defaults)  # as written: extract.pooling, not each layer's
         mapping["layers"] = _layer_specs(mapping["layers"], defaults)
         return cls(**mapping)
 
@@ -394,27 +392,17 @@ class ExtractConfig:
         params["augment"] = self.augment.to_params()
         return params
 
-    def feature_identity(self) -> dict[str, Any]:
-        """The fields that change feature values, as plain JSON-able data.
 
-        Left out: batch size (float rounding only), compression (lossless), on_error and the split (they decide
-        which rows and which split labels the file has, not the values; the manifest hash covers those), and
-        where extraction runs (``PLACEMENT``: a cluster gives the same file).
-        """
-        identity = dataclasses.asdict(self)
-        for key in ("batch_size", "compression", "on_error", "split", *PLACEMENT):
-            identity.pop(key)
-        identity["augment"] = self.augment.to_params()
-        if not self.augment_views:  # no views: the file is what it was before views existed, and so is its hash
-            identity.pop("augment")
-            identity.pop("augment_views")
-        return identity
+LAYERS_FORM = "a list of layer names or a mapping name -> {pooling, dtype}"
 
 
 def _layer_specs(layers: Any, defaults: Mapping[str, str]) -> tuple[LayerSpec, ...]:
     """Accept a list of names (using the section's pooling/dtype) or a mapping name -> {pooling, dtype}."""
+    written = layers
     if isinstance(layers, str):
         layers = [name.strip() for name in layers.split(",") if name.strip()]
+    if isinstance(layers, (Mapping, list, tuple)) and not all(isinstance(name, str) and name for name in layers):
+        raise invalid("extract.layers", written, LAYERS_FORM)
     if isinstance(layers, Mapping):
         specs = []
         for name, options in layers.items():
@@ -423,7 +411,7 @@ def _layer_specs(layers: Any, defaults: Mapping[str, str]) -> tuple[LayerSpec, .
         return tuple(specs)
     if isinstance(layers, (list, tuple)):
         return tuple(LayerSpec(name=name, **defaults) for name in layers)
-    raise ConfigError(f"extract.layers must be a list of layer names or a mapping. Received: {layers!r}")
+    raise invalid("extract.layers", written, LAYERS_FORM)
 
 
 SEARCH_METHODS = ("grid", "random")
@@ -445,35 +433,37 @@ class SearchConfig:
     scoring: str = "accuracy"
     n_jobs: int = 1
     seed: int = 0
+    # where it was set (classifiers.<name>.search), for error messages
+    section: str = field(default="search", compare=False, repr=False, metadata={"param": False})
 
     def __post_init__(self):
-        check_one_of("search.method", self.method, SEARCH_METHODS)
-        check_keys("search.space", self.space, list(self.space) if isinstance(self.space, Mapping) else [])
+        where = self.section
+        check_one_of(f"{where}.method", self.method, SEARCH_METHODS)
+        check_mapping(f"{where}.space", self.space)
         if not self.space:
-            raise ConfigError("search.space must name at least one hyper-parameter with its values")
+            raise invalid(f"{where}.space", self.space, "a mapping of at least one hyper-parameter to its values")
         for name, values in self.space.items():
+            key = f"{where}.space.{name}"
             if isinstance(values, Mapping):
                 if self.method == "grid" or len(values) != 1:
-                    raise ConfigError(
-                        f"search.space.{name} must be a list of values"
-                        + ("" if self.method == "grid" else f" or one of {list(DISTRIBUTIONS)}: [low, high]")
-                        + f". Received: {values!r}"
-                    )
+                    distribution = "" if self.method == "grid" else f" or {{one of {list(DISTRIBUTIONS)}: [low, high]}}"
+                    raise invalid(key, values, f"a list of values{distribution}")
                 (kind, bounds), = values.items()
-                check_one_of(f"search.space.{name} distribution", kind, DISTRIBUTIONS)
+                check_one_of(f"{key} distribution", kind, DISTRIBUTIONS)
                 if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
-                    raise ConfigError(f"search.space.{name}.{kind} must be [low, high]. Received: {bounds!r}")
+                    raise invalid(f"{key}.{kind}", bounds, "[low, high]")
             elif not isinstance(values, (list, tuple)) or not values:
-                raise ConfigError(f"search.space.{name} must be a non-empty list of values. Received: {values!r}")
-        check_int("search.cv", self.cv, minimum=2)
-        check_int("search.n_iter", self.n_iter, minimum=1)
+                raise invalid(key, values, "a non-empty list of values")
+        check_int(f"{where}.cv", self.cv, minimum=2)
+        check_int(f"{where}.n_iter", self.n_iter, minimum=1)
         if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs == 0 or self.n_jobs < -1:
-            raise ConfigError(f"search.n_jobs must be -1 (all cores) or an integer >= 1. Received: {self.n_jobs!r}")
-        check_int("search.seed", self.seed)
+            raise invalid(f"{where}.n_jobs", self.n_jobs, "-1 (all cores) or an integer >= 1")
+        check_int(f"{where}.seed", self.seed)
 
     @classmethod
-    def from_params(cls, mapping: Any) -> SearchConfig:
-        return _from_mapping(cls, "search", mapping, required=("space",))
+    def from_params(cls, mapping: Any, section: str = "search") -> SearchConfig:
+        allowed = [f.name for f in param_fields(cls)]
+        return cls(**check_keys(section, mapping, allowed, required=("space",)), section=section)
 
 
 OUT_OF_CORE = ("auto", True, False)
@@ -504,36 +494,32 @@ class ClassifierConfig:
     augmented: bool = False
 
     def __post_init__(self):
-        if isinstance(self.search, Mapping):
-            object.__setattr__(self, "search", SearchConfig.from_params(self.search))
+        where = f"classifiers.{self.name}"
+        if self.search is not None and not isinstance(self.search, SearchConfig):
+            object.__setattr__(self, "search", SearchConfig.from_params(self.search, f"{where}.search"))
         layers = self.layer.split("+") if isinstance(self.layer, str) else self.layer
         if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(n, str) and n for n in layers):
-            raise ConfigError(
-                f"classifiers.{self.name}.layer must be a layer name, or names joined by '+' (concatenated). "
-                f"Received: layer={self.layer!r}"
-            )
-        check_one_of(f"classifiers.{self.name}.out_of_core", self.out_of_core, OUT_OF_CORE)
-        check_int(f"classifiers.{self.name}.passes", self.passes, minimum=1)
+            raise invalid(f"{where}.layer", self.layer, "a layer name, or names joined by '+' (concatenated)")
+        check_one_of(f"{where}.out_of_core", self.out_of_core, OUT_OF_CORE)
+        check_int(f"{where}.passes", self.passes, minimum=1)
         object.__setattr__(self, "layer", layers[0] if len(layers) == 1 else tuple(layers))
         for flag in ("scale", "augmented"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(
-                    f"classifiers.{self.name}.{flag} must be true or false. Received: {flag}={getattr(self, flag)!r}"
-                )
+            check_bool(f"{where}.{flag}", getattr(self, flag))
         if self.pool is not None and len(self.layers) > 1:
-            raise ConfigError(f"classifiers.{self.name}.pool works on one layer; pool when extracting to concatenate")
+            raise invalid(
+                f"{where}.pool", self.pool,
+                f"null on a concatenation of layers ({'+'.join(self.layers)}): set extract.pooling instead",
+            )
         if self.pool is not None:
-            check_one_of(f"classifiers.{self.name}.pool", self.pool, [p for p in POOLINGS if p != "none"])
+            check_one_of(f"{where}.pool", self.pool, [p for p in POOLINGS if p != "none"])
         if self.pca is not None and not (
             (isinstance(self.pca, int) and not isinstance(self.pca, bool) and self.pca >= 1)
             or (isinstance(self.pca, float) and 0 < self.pca < 1)
         ):
-            raise ConfigError(
-                f"classifiers.{self.name}.pca must be null, a number of components >= 1, or a fraction of variance "
-                f"in (0, 1). Received: pca={self.pca!r}"
+            raise invalid(
+                f"{where}.pca", self.pca, "null, a number of components >= 1, or a fraction of variance in (0, 1)"
             )
-        params = self.params or {}
-        check_keys(f"classifiers.{self.name}.params", params, list(params) if isinstance(params, Mapping) else [])
+        check_mapping(f"{where}.params", self.params or {})
         object.__setattr__(self, "params", dict(self.params or {}))
 
     @property
@@ -548,12 +534,13 @@ class ClassifierConfig:
 
     @classmethod
     def from_params(cls, classifiers: Any, name: str, layer: str | Sequence[str]) -> ClassifierConfig:
-        classifiers = check_keys("classifiers", classifiers, list(classifiers or {}) if isinstance(classifiers, Mapping) else [])
+        classifiers = check_mapping("classifiers", classifiers)
         check_one_of("classifier", name, list(classifiers))
         if isinstance(classifiers[name], Mapping) and "layer" in classifiers[name]:
             raise ConfigError(
                 f"classifiers.{name}.layer is not a classifier setting: every classifier is trained on every "
-                "entry of train.layers (the DVC matrix); list layers there"
+                f"entry of train.layers (the DVC matrix); list layers there. "
+                f"Received: classifiers.{name}.layer={classifiers[name]['layer']!r}"
             )
         allowed = [f.name for f in dataclasses.fields(cls) if f.name not in ("name", "layer")]
         entry = check_keys(f"classifiers.{name}", classifiers[name], allowed, required=["estimator"])
@@ -584,19 +571,18 @@ class TrainConfig:
         if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers or not all(
             isinstance(n, str) and n and all(part for part in n.split("+")) for n in layers
         ):
-            raise ConfigError(
-                f"train.layers must be a non-empty list of layer names (a+b concatenates). Received: layers={layers!r}"
-            )
+            raise invalid("train.layers", layers, "a non-empty list of layer names (a+b concatenates)")
         if len(set(layers)) != len(layers):
-            raise ConfigError(f"train.layers must not repeat an entry. Received: layers={list(layers)}")
+            raise ConfigError(f"train.layers must not repeat an entry. Received: train.layers={list(layers)}")
         object.__setattr__(self, "layers", tuple(layers))
+        written = {"chunk_size": self.chunk_size, "memory_budget": self.memory_budget}
         object.__setattr__(self, "memory_budget", check_bytes("train.memory_budget", self.memory_budget))
         object.__setattr__(self, "chunk_size", check_bytes("train.chunk_size", self.chunk_size))
         if self.chunk_size * STREAM_BLOCKS > self.memory_budget:
             raise ConfigError(
                 f"train.chunk_size must be at most train.memory_budget / {STREAM_BLOCKS} (streaming holds about "
-                f"{STREAM_BLOCKS} blocks' worth at its peak). Received: chunk_size={self.chunk_size}, "
-                f"memory_budget={self.memory_budget}"
+                f"{STREAM_BLOCKS} blocks' worth at its peak). "
+                + "Received: " + ", ".join(f"train.{key}={value!r}" for key, value in written.items())
             )
 
     @classmethod
@@ -643,33 +629,29 @@ class FinetuneConfig:
     def __post_init__(self):
         where = f"finetune.{self.name}"
         if not isinstance(self.name, str) or not self.name or "/" in self.name or self.name in (".", ".."):
-            raise ConfigError(f"finetune entries must be named by a folder name (no '/'). Received: {self.name!r}")
+            raise invalid("finetune entry", self.name, "named by a folder name (no '/')")
         for key in ("head", "layer"):
-            value = getattr(self, key)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"{where}.{key} must be a non-empty string. Received: {key}={value!r}")
+            check_text(f"{where}.{key}", getattr(self, key))
         if "+" in self.layer or self.layer == PIXELS:
-            raise ConfigError(
-                f"{where}.layer must be one backbone layer (the one the backbone is cut at), not {PIXELS!r} or a "
-                f"concatenation. Received: layer={self.layer!r}"
+            raise invalid(
+                f"{where}.layer", self.layer,
+                f"one backbone layer (the one the backbone is cut at), not {PIXELS!r} or a concatenation",
             )
         if (self.trainable_from is None) == (self.trainable_layers is None):
             raise ConfigError(
                 f"{where} must set exactly one of trainable_from (the first trainable layer's name) and "
-                f"trainable_layers (train the last k layers). Received: trainable_from={self.trainable_from!r}, "
-                f"trainable_layers={self.trainable_layers!r}"
+                f"trainable_layers (train the last k layers). Received: {where}.trainable_from={self.trainable_from!r}, "
+                f"{where}.trainable_layers={self.trainable_layers!r}"
             )
-        if self.trainable_from is not None and (not isinstance(self.trainable_from, str) or not self.trainable_from):
-            raise ConfigError(f"{where}.trainable_from must be a layer name. Received: trainable_from={self.trainable_from!r}")
+        if self.trainable_from is not None:
+            check_text(f"{where}.trainable_from", self.trainable_from, "a layer name")
         if self.trainable_layers is not None:
             check_int(f"{where}.trainable_layers", self.trainable_layers, minimum=1)
-        rate = self.learning_rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
-            hint = ""
-            if isinstance(rate, str):
-                hint = " (YAML reads a number like 1e-5 without a decimal point as a string: write 1.0e-5)"
-            raise ConfigError(f"{where}.learning_rate must be a number in (0, 1){hint}. Received: learning_rate={rate!r}")
-        object.__setattr__(self, "learning_rate", float(rate))
+        hint = ""
+        if isinstance(self.learning_rate, str):
+            hint = " (YAML reads a number like 1e-5 without a decimal point as a string: write 1.0e-5)"
+        rate = check_number(f"{where}.learning_rate", self.learning_rate, 0, 1, open_min=True, open_max=True, hint=hint)
+        object.__setattr__(self, "learning_rate", rate)
         check_int(f"{where}.epochs", self.epochs, minimum=1)
         check_int(f"{where}.batch_size", self.batch_size, minimum=1)
         check_int(f"{where}.patience", self.patience, minimum=0)
@@ -680,7 +662,7 @@ class FinetuneConfig:
     @classmethod
     def from_params(cls, finetune: Any, name: str) -> FinetuneConfig:
         """The entry ``name`` of a ``finetune`` section."""
-        finetune = check_keys("finetune", finetune, list(finetune) if isinstance(finetune, Mapping) else [])
+        finetune = check_mapping("finetune", finetune)
         check_one_of("finetune entry", name, list(finetune))
         allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
         return cls(name=name, **check_keys(f"finetune.{name}", finetune[name], allowed, required=["head", "layer"]))
@@ -688,8 +670,7 @@ class FinetuneConfig:
     @classmethod
     def all_from_params(cls, finetune: Any) -> dict[str, FinetuneConfig]:
         """Every entry of a ``finetune`` section, by name; ``{}`` (or null) configures none."""
-        finetune = {} if finetune is None else finetune
-        check_keys("finetune", finetune, list(finetune) if isinstance(finetune, Mapping) else [])
+        finetune = check_mapping("finetune", {} if finetune is None else finetune)
         return {name: cls.from_params(finetune, name) for name in finetune}
 
     def check_params(self, classifiers: Mapping[str, Any], train: TrainConfig, extract: ExtractConfig) -> None:
@@ -699,21 +680,23 @@ class FinetuneConfig:
         if FINETUNE_FOLDER in classifiers:
             raise ConfigError(
                 f"classifiers.{FINETUNE_FOLDER} would share data/models/{FINETUNE_FOLDER} and data/eval/{FINETUNE_FOLDER} "
-                "with the fine-tuned models; rename that classifier"
+                "with the fine-tuned models; rename that classifier. "
+                f"Received: classifiers.{FINETUNE_FOLDER}={classifiers[FINETUNE_FOLDER]!r}"
             )
         check_one_of(f"{where}.head", self.head, list(classifiers))
         entry = classifiers[self.head] if isinstance(classifiers[self.head], Mapping) else {}
         if entry.get("estimator") != FINETUNE_HEAD:
             raise ConfigError(
                 f"{where}.head must name a classifiers entry with estimator {FINETUNE_HEAD} (its Keras layers are what "
-                f"fine-tuning continues training). Received: head={self.head!r}, whose estimator is "
-                f"{entry.get('estimator')!r}"
+                f"fine-tuning continues training). Received: {where}.head={self.head!r}, whose "
+                f"classifiers.{self.head}.estimator={entry.get('estimator')!r}"
             )
         for step in ("pool", "pca"):
             if entry.get(step) is not None:
                 raise ConfigError(
-                    f"{where}.head {self.head!r} sets classifiers.{self.head}.{step}: fine-tuning needs a head trained "
-                    f"on the layer's features as extracted (no pool or pca step before it). Received: {step}={entry[step]!r}"
+                    f"{where}.head must name a classifiers entry without pool or pca: fine-tuning needs a head trained "
+                    f"on the layer's features as extracted. Received: {where}.head={self.head!r}, whose "
+                    f"classifiers.{self.head}.{step}={entry[step]!r}"
                 )
         trained = [layer for layer in train.layers if layer in extract.layer_names]
         check_one_of(f"{where}.layer", self.layer, trained)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,27 +15,26 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_directory
+from pipeline.classification.classifiers import encode_labels, epoch_logger, keras_verbosity
 from pipeline.classification.evaluate import Predictions, spread_probabilities, trained_on, write_evaluation
 from pipeline.classification.models import (
-    FEATURE_KEYS,
     FINETUNED,
-    HISTORY_KEYS,
-    METADATA,
-    library_versions,
+    KERAS_FILE,
+    history_rows,
+    model_metadata,
     read_metadata,
+    write_metadata,
 )
 from pipeline.config import FINETUNE_HEAD, AugmentConfig, ExtractConfig, FinetuneConfig
 from pipeline.extraction.augment import augment, view_rng
-from pipeline.extraction.backbone import ARCHITECTURES, Backbone, load_backbone
+from pipeline.extraction.backbone import Backbone, load_backbone, preprocessor
 from pipeline.extraction.hashing import hash_files
-from pipeline.extraction.images import decode_image, iter_batches
-from pipeline.store import open_features, selected_rows
+from pipeline.extraction.images import decode_image, iter_batches, pad_batch
+from pipeline.store import row_images
 from pipeline.validation import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
-KIND = FINETUNED  # model.json's "kind" for a fine-tuned model: images in, probabilities out
-MODEL_FILE = "model.keras"
 BACKBONE = "backbone"  # the name of the cut backbone inside the fine-tuned model
 
 
@@ -56,10 +53,7 @@ class ImageRows:
 def image_rows(features: str | Path, images: str | Path, split: str) -> ImageRows:
     """The rows of ``split`` exactly as the features file lists them (paths under ``images``, labels), so fine-tuning
     and its evaluation use the same train/val/test images as the head; images skipped at extraction are not rows."""
-    with open_features(features) as f:
-        rows = np.asarray(selected_rows(f, split), dtype=np.int64)
-        paths = f["paths"].asstr()[rows] if len(rows) else []
-        labels = f["labels"][rows] if len(rows) else np.zeros(0, dtype=np.int64)
+    rows, paths, labels, _ = row_images(features, split)
     if not len(rows):
         raise ConfigError(f"{features} has no {split} rows to fine-tune or evaluate on")
     return ImageRows(rows, tuple(Path(images) / p for p in paths), np.asarray(labels, dtype=np.int64))
@@ -68,9 +62,7 @@ def image_rows(features: str | Path, images: str | Path, split: str) -> ImageRow
 def check_images(features: str | Path, images: str | Path) -> None:
     """Refuse images that are not those the features file was extracted from: every row's file must exist under
     ``images`` with the content hash recorded at extraction (``/sha256``)."""
-    with open_features(features) as f:
-        paths = f["paths"].asstr()[()]
-        recorded = f["sha256"].asstr()[()] if "sha256" in f else None
+    _, paths, _, recorded = row_images(features)
     files = [Path(images) / p for p in paths]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
@@ -93,14 +85,7 @@ def check_images(features: str | Path, images: str | Path) -> None:
 def preprocess_function(config: ExtractConfig) -> Callable[[np.ndarray], np.ndarray]:
     """The backbone's input scaling for ``config``, without building the backbone: ``keras.applications.<module>
     .preprocess_input``, or for a ``.keras`` backbone ``imagenet_utils.preprocess_input`` in its recorded mode."""
-    import keras
-
-    if config.backbone.endswith(".keras"):
-        mode = config.preprocessing
-        return (lambda x: x) if mode == "none" else (
-            lambda x: keras.applications.imagenet_utils.preprocess_input(x, mode=mode)
-        )
-    return getattr(keras.applications, ARCHITECTURES[config.backbone].module).preprocess_input
+    return preprocessor(config.backbone, config.preprocessing)
 
 
 def load_head(head_dir: str | Path, layer: str, name: str = "head"):
@@ -112,7 +97,7 @@ def load_head(head_dir: str | Path, layer: str, name: str = "head"):
     if not head_dir.is_dir():
         raise ConfigError(f"finetune.{name}.head: no trained head at {head_dir}; train it first (dvc repro train)")
     metadata = read_metadata(head_dir)
-    if metadata.get("kind") == KIND or metadata.get("estimator") != FINETUNE_HEAD:
+    if metadata.get("kind") == FINETUNED or metadata.get("estimator") != FINETUNE_HEAD:
         raise ConfigError(
             f"finetune.{name}.head must be a {FINETUNE_HEAD} model; {head_dir} holds "
             f"{metadata.get('kind') or metadata.get('estimator')!r}"
@@ -201,16 +186,6 @@ def _chain(head) -> list:
     return layers[1:]
 
 
-def encode(labels: np.ndarray, classes: Sequence[int], what: str) -> np.ndarray:
-    """Class indices -> the head's output columns; a label the head was not trained on is a ConfigError."""
-    classes = np.asarray(classes, dtype=np.int64)
-    position = np.searchsorted(classes, labels)
-    known = (position < len(classes)) & (classes[np.minimum(position, len(classes) - 1)] == labels)
-    if not known.all():
-        raise ConfigError(f"{what} has labels {sorted(set(labels[~known].tolist()))} that the head was not trained on")
-    return position
-
-
 def image_batches(
     rows: ImageRows, targets: np.ndarray, size: tuple[int, int], interpolation: str,
     preprocess: Callable[[np.ndarray], np.ndarray], batch_size: int, augmentation: AugmentConfig | None = None,
@@ -284,7 +259,8 @@ class Fitted:
 def fit(model, train, val, config: FinetuneConfig, verbose: int | str = "auto") -> Fitted:
     """Compile ``model`` (Adam at ``config.learning_rate``, sparse categorical cross-entropy, accuracy) and train it
     on ``train`` with early stopping on ``val``'s loss, keeping the best weights; the start counts as a candidate,
-    so the result is never worse on val than where it started. One log line per epoch; a progress bar on a TTY."""
+    so the result is never worse on val than where it started. One log line per epoch; ``verbose`` is Keras's, with
+    ``"auto"`` as ``pipeline.classification.classifiers.keras_verbosity`` defines it."""
     import keras
 
     keras.utils.set_random_seed(config.seed)  # the train order's and augmentation's own seeds are in the dataset
@@ -295,19 +271,11 @@ def fit(model, train, val, config: FinetuneConfig, verbose: int | str = "auto") 
     initial = model.evaluate(val, verbose=0, return_dict=True)
     log.info("%s: before fine-tuning, val loss %.4f, val accuracy %.4f", config.name, initial["loss"], initial["accuracy"])
     start = model.get_weights()
-    logger = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: log.info(
-            "%s epoch %d/%d: %s", config.name, epoch + 1, config.epochs,
-            ", ".join(f"{key} {value:.4f}" for key, value in logs.items() if key in HISTORY_KEYS),
-        )
-    )
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 0
     started = time.perf_counter()
     result = model.fit(
-        train, validation_data=val, epochs=config.epochs, shuffle=False, verbose=verbose,
-        callbacks=[_epoch_setter(train), stopping, logger],
+        train, validation_data=val, epochs=config.epochs, shuffle=False, verbose=keras_verbosity(verbose),
+        callbacks=[_epoch_setter(train), stopping, epoch_logger(config.epochs, config.name, log)],
     )
     seconds = time.perf_counter() - started
     curves = {key: [float(value) for value in values] for key, values in result.history.items()}
@@ -315,10 +283,7 @@ def fit(model, train, val, config: FinetuneConfig, verbose: int | str = "auto") 
     curves["accuracy"] = [exact(value, train.n) for value in curves["accuracy"]]
     curves["val_accuracy"] = [exact(value, val.n) for value in curves["val_accuracy"]]
     initial["accuracy"] = exact(initial["accuracy"], val.n)
-    history = [
-        {"epoch": i + 1, **{key: curves[key][i] for key in HISTORY_KEYS if key in curves}}
-        for i in range(len(curves["loss"]))
-    ]
+    history = history_rows(curves)
     best = min(history, key=lambda row: row["val_loss"])
     if best["val_loss"] < initial["loss"]:
         best_epoch, val_loss, val_accuracy = best["epoch"], best["val_loss"], best["val_accuracy"]
@@ -382,7 +347,7 @@ def finetune_model(
 
     def batches(rows: ImageRows, split: str, **options):
         return image_batches(
-            rows, encode(rows.labels, classes, f"the {split} split"), backbone.input_size, extract.interpolation,
+            rows, encode_labels(rows.labels, classes, f"the {split} split"), backbone.input_size, extract.interpolation,
             preprocess_function(extract), config.batch_size, **options,
         )
 
@@ -396,45 +361,29 @@ def finetune_model(
         config.augment.to_params() if config.augment else None,
     )
     fitted = fit(model, train, val, config, verbose)
-    metadata = {
-        "kind": KIND,
-        "file": MODEL_FILE,
-        "classifier": config.name,
-        "estimator": f"{KIND} {FINETUNE_HEAD}",
-        "head": {
+    params = {
+        "trainable_from": config.trainable_from, "trainable_layers": config.trainable_layers,
+        "learning_rate": config.learning_rate, "epochs": config.epochs, "batch_size": config.batch_size,
+        "patience": config.patience, "augment": config.augment.to_params() if config.augment else None,
+        "seed": config.seed,
+    }
+    metadata = model_metadata(
+        config.name, f"{FINETUNED} {FINETUNE_HEAD}", params, [config.layer], features, attrs, fitted.seconds,
+        fitted.val_accuracy, fitted.history, kind=FINETUNED,
+        head={
             "classifier": head_metadata["classifier"], "model": str(head_dir),
             "val_loss": head_val_loss(head_metadata), "val_accuracy": head_metadata["val_accuracy"],
         },
-        "layer": config.layer,
-        "layers": [config.layer],
-        "pooling": pooling,
-        "input": "decoded RGB images, resized to input_size, then the backbone's preprocessing",
-        "class_names": attrs["class_names"],
-        "classes": list(classes),
-        "features_file": str(features),
-        "features": {key: attrs[key] for key in FEATURE_KEYS},
-        "image_root": str(images),
-        "params": {
-            "trainable_from": config.trainable_from, "trainable_layers": config.trainable_layers,
-            "learning_rate": config.learning_rate, "epochs": config.epochs, "batch_size": config.batch_size,
-            "patience": config.patience, "augment": config.augment.to_params() if config.augment else None,
-            "seed": config.seed,
-        },
-        "trainable_layer_names": trainable,
-        "initial_val_loss": fitted.initial_val_loss,
-        "initial_val_accuracy": fitted.initial_val_accuracy,
-        "best_epoch": fitted.best_epoch,
-        "val_loss": fitted.val_loss,
-        "val_accuracy": fitted.val_accuracy,
-        "fit_seconds": fitted.seconds,
-        "history": fitted.history,
-    }
+        pooling=pooling, input="decoded RGB images, resized to input_size, then the backbone's preprocessing",
+        classes=list(classes), image_root=str(images), trainable_layer_names=trainable,
+        initial_val_loss=fitted.initial_val_loss, initial_val_accuracy=fitted.initial_val_accuracy,
+        best_epoch=fitted.best_epoch, val_loss=fitted.val_loss,
+    )
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
         # The same layers as an uncompiled model: the file holds no optimizer state (half its size), only what predicts.
-        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp / MODEL_FILE)
-        record = {**metadata, "versions": library_versions(keras_model=True)}
-        (tmp / METADATA).write_text(json.dumps(record, indent=2) + "\n")
+        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp / KERAS_FILE)
+        record = write_metadata(tmp, KERAS_FILE, metadata)
     log.info("saved %s", out_dir)
     return record
 
@@ -450,7 +399,7 @@ def load_finetuned(model_dir: str | Path):
     import keras
 
     metadata = read_metadata(model_dir)
-    if metadata.get("kind") != KIND:
+    if metadata.get("kind") != FINETUNED:
         raise ConfigError(f"{model_dir} is not a fine-tuned model (model.json kind {metadata.get('kind')!r})")
     return keras.saving.load_model(Path(model_dir) / metadata["file"], safe_mode=True), metadata
 
@@ -463,7 +412,7 @@ def image_predictions(
     probas, seconds = [], 0.0
     for batch in iter_batches(rows.paths, size, extract.interpolation, batch_size, on_error="fail"):
         n = len(batch.images)  # a short last batch is padded: one input shape, one traced function
-        x = preprocess(np.concatenate([batch.images, np.zeros((batch_size - n, *size, 3), np.uint8)]).astype(np.float32))
+        x = preprocess(pad_batch(batch.images, batch_size).astype(np.float32))
         started = time.perf_counter()
         probas.append(np.asarray(model.predict_on_batch(x))[:n])
         seconds += time.perf_counter() - started

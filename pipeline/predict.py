@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file
-from pipeline.classification.models import load_model, read_metadata
+from pipeline.classification.models import FINETUNED, load_model, read_metadata
 from pipeline.config import PIXELS, ExtractConfig, LayerSpec, config_hash
 from pipeline.extraction import accelerate
 from pipeline.extraction.backbone import Backbone, load_backbone
 from pipeline.extraction.dataset import IMAGE_EXTENSIONS, image_files
-from pipeline.extraction.extract import feature_identity, pooled_shape, stored_values
 from pipeline.extraction.images import iter_batches
-from pipeline.finetune import KIND as FINETUNED
+from pipeline.extraction.model import pooled_shape, stored_values
+from pipeline.extraction.provenance import feature_identity
 from pipeline.finetune import load_finetuned, preprocess_function
 from pipeline.validation import ConfigError, check_int
 

@@ -27,7 +27,7 @@ from pipeline.validation import (
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20  # an HDF5 chunk of a row dataset holds about this many bytes (see rows_per_chunk)
 SPLIT_PIECE = 1 << 16  # rows of the split column read at a time
 SHA256 = "S64"  # a row's image content hash, hex
 COPY_PIECE_BYTES = 64 << 20  # rows copied between features files (merge, reuse) this many bytes at a time
@@ -358,6 +358,11 @@ class FeatureWriter:
         """(path, reason) of every file skipped so far, including before a resume."""
         return list(self._skipped)
 
+    def empty_rows(self, names: Sequence[str], n: int) -> dict[str, np.ndarray]:
+        """Uninitialised arrays for ``n`` rows of each row dataset ``names`` (e.g. ``features/x``), in its shape and
+        dtype: what rows copied from another file (``FeatureReader.read``) are gathered in."""
+        return {name: np.empty((n, *self.layout[name][0][1:]), self.layout[name][1]) for name in names}
+
     def __enter__(self) -> FeatureWriter:
         return self
 
@@ -504,8 +509,63 @@ def check_replaceable(path: str | Path) -> None:
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes (provenance) of a features file, JSON values decoded."""
     with open_features(path) as f:
-        structured = set(json.loads(f.attrs.get("json_attrs", "[]")))
-        return {key: _decode(value, key in structured) for key, value in f.attrs.items() if key != "json_attrs"}
+        return file_attrs(f)
+
+
+def file_attrs(f: h5py.File) -> dict[str, Any]:
+    """The root attributes of an open features file, JSON values decoded."""
+    structured = set(json.loads(f.attrs.get("json_attrs", "[]")))
+    return {key: _decode(value, key in structured) for key, value in f.attrs.items() if key != "json_attrs"}
+
+
+def stored_resume_key(path: str | Path) -> str | None:
+    """The resume key a features file (complete or not) was started with; None if it records none."""
+    with h5py.File(path, "r") as f:
+        return f.attrs.get("resume_key")
+
+
+class FeatureReader:
+    """A features file open for copying its rows into another (reuse, shards): its provenance, each row's image
+    content hash and split, and rows of its datasets by name (``features/<layer>``, ``views/<layer>``). Opening a
+    file HDF5 cannot read raises OSError. Use as a context manager, or ``close``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "r")
+
+    def copyable(self) -> bool:
+        """Whether the file is complete and records content hashes and split codes (rows can be found by image)."""
+        f = self.file
+        return bool(f.attrs.get("complete", False)) and "sha256" in f and "split_code" in f
+
+    def attrs(self) -> dict[str, Any]:
+        """The root attributes (provenance), JSON values decoded."""
+        return file_attrs(self.file)
+
+    def hashes(self) -> list[str]:
+        """Each row's image content hash (hex; empty where unknown)."""
+        return [value.decode() for value in self.file["sha256"][()]]
+
+    def in_split(self, split: str) -> np.ndarray:
+        """Per row: whether it is in ``split`` (all False when no row is)."""
+        names, codes = split_codes(self.file)
+        return codes == names.index(split) if split in names else np.zeros(len(codes), dtype=bool)
+
+    def read(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Datasets ``names`` at ``rows`` (any order, repeats allowed)."""
+        unique, inverse = np.unique(rows, return_inverse=True)
+        contiguous = unique[-1] - unique[0] + 1 == len(unique)
+        selection = np.s_[unique[0] : unique[-1] + 1] if contiguous else unique
+        return {name: self.file[name][selection][inverse] for name in names}
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> FeatureReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _decode(value: Any, is_json: bool) -> Any:
@@ -585,9 +645,9 @@ def split_rows(f: h5py.File, split: str | None) -> np.ndarray | slice:
     if split is None:
         return slice(None)
     if "split_code" in f:
-        names = json.loads(f["split_code"].attrs["names"])
+        names, codes = split_codes(f)
         _check_split(f, split, names)
-        rows = np.flatnonzero(f["split_code"][()] == names.index(split))
+        rows = np.flatnonzero(codes == names.index(split))
     else:
         present, pieces, wanted = set(), [], split.encode() if isinstance(split, str) else split
         for start, piece in _pieces(f["split"]):
@@ -596,6 +656,11 @@ def split_rows(f: h5py.File, split: str | None) -> np.ndarray | slice:
         _check_split(f, split, sorted(value.decode() for value in present))
         rows = np.concatenate(pieces)
     return slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == rows.size else rows
+
+
+def split_codes(f: h5py.File) -> tuple[list[str], np.ndarray]:
+    """``/split_code`` decoded: the split names (its ``names`` attribute) and each row's index into them."""
+    return json.loads(f["split_code"].attrs["names"]), f["split_code"][()]
 
 
 def _layout(f: h5py.File, layers: Sequence[str]) -> tuple[list[h5py.Dataset], list[int], np.dtype]:
@@ -745,3 +810,15 @@ def load_dask(path: str | Path, layer: str, split: str | None = None, chunk_byte
     array = da.from_array(dataset, chunks=(rows, *dataset.shape[1:]), lock=True)
     selection = split_rows(f, split)
     return array[selection], f["labels"][selection]
+
+
+def row_images(
+    path: str | Path, split: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Which image each row of ``split`` (None: every row) is: the row numbers, image paths (relative to the image
+    root), labels, and image content hashes (hex, empty where unknown; None when the file records none)."""
+    with open_features(path) as f:
+        rows = selected_rows(f, split)
+        at = slice(rows.start, rows.stop) if isinstance(rows, range) else rows
+        hashes = f["sha256"].asstr()[at] if "sha256" in f else None
+        return _indices(rows), f["paths"].asstr()[at], f["labels"][at], hashes

@@ -16,17 +16,79 @@ class ConfigError(UserError, ValueError):
     """A user-supplied parameter or input is invalid; the message says which and why."""
 
 
+def invalid(name: str, value: Any, what: str) -> ConfigError:
+    """The one form of every parameter error, as Keras and scikit-learn write theirs:
+    ``<name> must be <what>. Received: <name>=<value!r>``; ``name`` is the key as the user wrote it (its full path)."""
+    return ConfigError(f"{name} must be {what}. Received: {name}={value!r}")
+
+
 def check_one_of(name: str, value: Any, allowed: Collection[Any]) -> Any:
     """Return ``value`` if it is in ``allowed``, else raise a ConfigError listing the allowed values."""
     if value not in allowed:
-        raise ConfigError(f"{name} must be one of {sorted(allowed, key=str)}. Received: {name}={value!r}")
+        raise invalid(name, value, f"one of {sorted(allowed, key=str)}")
     return value
+
+
+def check_mapping(name: str, value: Any) -> Mapping:
+    """Return ``value`` if it is a mapping (a YAML section or entry)."""
+    if not isinstance(value, Mapping):
+        raise invalid(name, value, "a mapping")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a boolean (YAML true or false; not 'yes', 0 or 1)."""
+    if not isinstance(value, bool):
+        raise invalid(name, value, "true or false")
+    return value
+
+
+def check_text(name: str, value: Any, what: str = "a non-empty string") -> str:
+    """Return ``value`` if it is a non-empty string (a name or a path); ``what`` says which."""
+    if not isinstance(value, str) or not value:
+        raise invalid(name, value, what)
+    return value
+
+
+def interval(minimum: float | None, maximum: float | None, open_min: bool = False, open_max: bool = False) -> str:
+    """``in (0, 1]``, ``>= 0``, ``< 1``: the range of a number, for messages."""
+    if minimum is not None and maximum is not None:
+        return f"in {'(' if open_min else '['}{minimum}, {maximum}{')' if open_max else ']'}"
+    if minimum is not None:
+        return f"{'>' if open_min else '>='} {minimum}"
+    if maximum is not None:
+        return f"{'<' if open_max else '<='} {maximum}"
+    return ""
+
+
+def check_number(
+    name: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    open_min: bool = False,
+    open_max: bool = False,
+    what: str = "a number",
+    hint: str = "",
+) -> float:
+    """Return ``value`` as a float if it is an int or float (not a bool, not NaN) within the bounds: ``minimum`` and
+    ``maximum`` are included unless ``open_min`` / ``open_max``. ``what`` names the quantity (``a number of
+    degrees``), ``hint`` is added to the message (`` (write 1.0e-5)``)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+    if ok and minimum is not None:
+        ok = value > minimum if open_min else value >= minimum
+    if ok and maximum is not None:
+        ok = value < maximum if open_max else value <= maximum
+    if not ok:
+        bounds = interval(minimum, maximum, open_min, open_max)
+        raise invalid(name, value, f"{what}{' ' + bounds if bounds else ''}{hint}")
+    return float(value)
 
 
 def check_keys(section: str, mapping: Any, allowed: Collection[str], required: Collection[str] = ()) -> Mapping:
     """Check that ``mapping`` is a mapping with only ``allowed`` keys and every ``required`` key."""
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(f"{section} must be a mapping. Received: {section}={mapping!r}")
+    check_mapping(section, mapping)
     for key in mapping:
         if key not in allowed:
             raise ConfigError(
@@ -43,15 +105,13 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     """Return ``value`` if it is an int (not a bool) at or above ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise ConfigError(f"{name} must be an integer{bound}. Received: {name}={value!r}")
+        raise invalid(name, value, f"an integer{bound}")
     return value
 
 
 def check_fraction(name: str, value: Any) -> float:
     """Return ``value`` as a float if it lies in the open interval (0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigError(f"{name} must be a number in (0, 1). Received: {name}={value!r}")
-    return float(value)
+    return check_number(name, value, 0, 1, open_min=True, open_max=True)
 
 
 BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -68,10 +128,7 @@ def check_bytes(name: str, value: Any, minimum: int = 1) -> int:
         try:
             value = int(float(number) * BYTE_UNITS[unit])
         except ValueError:
-            raise ConfigError(
-                f"{name} must be a number of bytes or a size like '512MiB' (units {list(BYTE_UNITS)}). "
-                f"Received: {name}={value!r}"
-            ) from None
+            raise invalid(name, value, f"a number of bytes or a size like '512MiB' (units {list(BYTE_UNITS)})") from None
     return check_int(name, value, minimum)
 
 
@@ -94,10 +151,7 @@ def check_cluster(name: str, cluster: Any) -> str | None:
         isinstance(cluster, str) and (LOCAL_CLUSTER.fullmatch(cluster) or SCHEDULER_ADDRESS.fullmatch(cluster))
     ):
         return cluster
-    raise ConfigError(
-        f"{name} must be null, 'local:N' (N >= 1 worker processes) or a scheduler address 'tcp://host:port'. "
-        f"Received: {name}={cluster!r}"
-    )
+    raise invalid(name, cluster, "null, 'local:N' (N >= 1 worker processes) or a scheduler address 'tcp://host:port'")
 
 
 def did_you_mean(word: str, candidates: Collection[str]) -> str:

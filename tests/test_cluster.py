@@ -11,6 +11,8 @@ from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
 from pipeline.validation import ConfigError
 
+pytestmark = pytest.mark.slow  # real Dask clusters
+
 
 def worker_pids(n=4):
     return set(joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(n)))

@@ -23,6 +23,7 @@ from pipeline.config import (
     param_keys,
     section,
 )
+from pipeline.extraction.provenance import config_identity
 from pipeline.validation import ConfigError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -148,7 +149,10 @@ def test_prepare_config_fractions_must_lie_in_the_open_unit_interval(field, valu
 
 @pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (0.6, 0.5)])
 def test_prepare_config_fractions_must_leave_a_training_share(val, test):
-    message = f"prepare.val_fraction + prepare.test_fraction must be below 1. Received: {val} + {test}"
+    message = (
+        "prepare.val_fraction + prepare.test_fraction must be below 1 (the rest is the train split). "
+        f"Received: prepare.val_fraction={val}, prepare.test_fraction={test}"
+    )
     with pytest.raises(ConfigError, match=re.escape(message)):
         PrepareConfig(val_fraction=val, test_fraction=test)
 
@@ -204,10 +208,13 @@ def test_extract_layer_mapping_unknown_option_lists_the_allowed_options():
     [
         ({"a": {"pooling": "mean"}}, "extract.layers.a.pooling must be one of ['avg', 'max', 'none']. Received: extract.layers.a.pooling='mean'"),
         ({"a": {"dtype": "float64"}}, "extract.layers.a.dtype must be one of ['float16', 'float32']. Received: extract.layers.a.dtype='float64'"),
-        ([], "extract.layers must name at least one layer."),
-        (["a", "a"], "extract.layers must not repeat a layer. Received: ['a', 'a']"),
-        ([""], "layer names must be non-empty strings. Received: ''"),
-        (7, "extract.layers must be a list of layer names or a mapping. Received: 7"),
+        ([], "extract.layers must be a non-empty list of layer names. Received: extract.layers=[]"),
+        (["a", "a"], "extract.layers must not repeat a layer. Received: extract.layers=['a', 'a']"),
+        ([""], "extract.layers must be a list of layer names or a mapping name -> {pooling, dtype}. "
+               "Received: extract.layers=['']"),
+        ({"": {}}, "Received: extract.layers={'': {}}"),
+        (7, "extract.layers must be a list of layer names or a mapping name -> {pooling, dtype}. "
+            "Received: extract.layers=7"),
     ],
 )
 def test_extract_bad_layers_are_refused(layers, message):
@@ -215,10 +222,14 @@ def test_extract_bad_layers_are_refused(layers, message):
         ExtractConfig.from_params(extract(layers=layers))
 
 
-def test_extract_section_pooling_default_is_checked_for_each_layer():
-    message = "extract.layers.a.pooling must be one of ['avg', 'max', 'none']. Received: extract.layers.a.pooling='sum'"
+@pytest.mark.parametrize("layers", [["a"], {"a": {"dtype": "float16"}}])
+def test_extract_section_pooling_default_is_reported_under_the_key_written(layers):
+    message = "extract.pooling must be one of ['avg', 'max', 'none']. Received: extract.pooling='sum'"
     with pytest.raises(ConfigError, match=re.escape(message)):
-        ExtractConfig.from_params(extract(layers=["a"], pooling="sum"))
+        ExtractConfig.from_params(extract(layers=layers, pooling="sum"))
+    message = "extract.dtype must be one of ['float16', 'float32']. Received: extract.dtype='int8'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExtractConfig.from_params(extract(layers=layers, dtype="int8"))
 
 
 def test_extract_unknown_key_lists_the_allowed_keys():
@@ -246,13 +257,15 @@ def test_extract_input_size_list_becomes_a_tuple_and_null_is_allowed():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"input_size": [16, 64]}, "extract.input_size must be an integer >= 32. Received: extract.input_size=16"),
-        ({"input_size": 64}, "extract.input_size must be [height, width] or null. Received: 64"),
-        ({"input_size": [64, 64, 3]}, "extract.input_size must be [height, width] or null. Received: [64, 64, 3]"),
+        ({"input_size": [16, 64]}, "extract.input_size must be [height, width] (integers >= 32) or null. "
+                                   "Received: extract.input_size=[16, 64]"),
+        ({"input_size": 64}, "extract.input_size must be [height, width] (integers >= 32) or null. "
+                             "Received: extract.input_size=64"),
+        ({"input_size": [64, 64, 3]}, "Received: extract.input_size=[64, 64, 3]"),
         ({"interpolation": "cubic"}, "extract.interpolation must be one of ['bicubic', 'bilinear', 'box', 'hamming', 'lanczos', 'nearest']. Received: extract.interpolation='cubic'"),
         ({"batch_size": 0}, "extract.batch_size must be an integer >= 1. Received: extract.batch_size=0"),
-        ({"backbone": ""}, "extract.backbone must be a model name or a .keras path. Received: ''"),
-        ({"weights": ""}, "extract.weights must be 'imagenet', null or a weights file path. Received: ''"),
+        ({"backbone": ""}, "extract.backbone must be a model name or a .keras path. Received: extract.backbone=''"),
+        ({"weights": ""}, "extract.weights must be 'imagenet', null or a weights file path. Received: extract.weights=''"),
         ({"shard_size": 0}, "extract.shard_size must be an integer >= 1. Received: extract.shard_size=0"),
         ({"cluster": "local:0"}, "extract.cluster must be null, 'local:N' (N >= 1 worker processes) or a scheduler address 'tcp://host:port'. Received: extract.cluster='local:0'"),
         ({"cluster": "tcp://scheduler"}, "extract.cluster must be null, 'local:N' (N >= 1 worker processes) or a scheduler address 'tcp://host:port'. Received: extract.cluster='tcp://scheduler'"),
@@ -270,7 +283,7 @@ def test_extract_weights_may_be_null():
 
 def test_feature_identity_excludes_what_does_not_change_values_and_is_json_data():
     config = ExtractConfig.from_params(extract(input_size=[64, 64], batch_size=8, layers={"a": {"pooling": "max"}}))
-    identity = config.feature_identity()
+    identity = config_identity(config)
     assert not {"batch_size", "compression", "on_error", "split"} & set(identity)
     assert set(identity) == {
         "backbone", "weights", "input_size", "interpolation", "preprocessing", "layers", "mixed_precision", "xla", "pixels"
@@ -282,9 +295,9 @@ def test_feature_identity_excludes_what_does_not_change_values_and_is_json_data(
 def test_config_hash_ignores_batch_size_but_not_what_changes_features():
     base = ExtractConfig.from_params(extract(batch_size=8))
     same = ExtractConfig.from_params(extract(batch_size=256))
-    assert config_hash(base.feature_identity()) == config_hash(same.feature_identity())
+    assert config_hash(config_identity(base)) == config_hash(config_identity(same))
     for changed in [extract(pooling="max"), extract(dtype="float16"), extract(interpolation="nearest"), extract(weights=None), extract(input_size=[64, 64])]:
-        assert config_hash(ExtractConfig.from_params(changed).feature_identity()) != config_hash(base.feature_identity())
+        assert config_hash(config_identity(ExtractConfig.from_params(changed))) != config_hash(config_identity(base))
 
 
 def test_where_extraction_runs_is_read_but_not_hashed():
@@ -294,8 +307,8 @@ def test_where_extraction_runs_is_read_but_not_hashed():
     assert ExtractConfig.from_params(extract(cluster="tcp://[::1]:8786")).cluster == "tcp://[::1]:8786"
     default = ExtractConfig.from_params(extract())
     assert (default.cluster, default.shard_size) == (None, 1024)
-    assert not {"cluster", "shard_size"} & set(config.feature_identity())
-    assert config_hash(config.feature_identity()) == config_hash(default.feature_identity())
+    assert not {"cluster", "shard_size"} & set(config_identity(config))
+    assert config_hash(config_identity(config)) == config_hash(config_identity(default))
     assert ExtractConfig.from_params(config.to_params()) == config
 
 
@@ -372,7 +385,7 @@ def test_classifier_config_requires_an_estimator():
         (None, "classifiers must be a mapping. Received: classifiers=None"),
         ({"x": None}, "classifiers.x must be a mapping. Received: classifiers.x=None"),
         ({"x": {"estimator": "e", "params": [1]}}, "classifiers.x.params must be a mapping. Received: classifiers.x.params=[1]"),
-        ({"x": {"estimator": "e", "scale": "yes"}}, "classifiers.x.scale must be true or false. Received: scale='yes'"),
+        ({"x": {"estimator": "e", "scale": "yes"}}, "classifiers.x.scale must be true or false. Received: classifiers.x.scale='yes'"),
     ],
 )
 def test_classifier_config_bad_shapes_are_refused(classifiers, message):
@@ -397,7 +410,7 @@ def test_extract_options_for_writing_and_errors_are_checked():
         ExtractConfig.from_params(extract(compression="zip"))
     with pytest.raises(ConfigError, match=re.escape("unknown key extract.split.seeds; did you mean 'seed'?")):
         ExtractConfig.from_params(extract(split={"seeds": 1}))
-    with pytest.raises(ConfigError, match=re.escape("extract.xla must be true or false. Received: 'yes'")):
+    with pytest.raises(ConfigError, match=re.escape("extract.xla must be true or false. Received: extract.xla='yes'")):
         ExtractConfig.from_params(extract(xla="yes"))
 
 
@@ -436,14 +449,24 @@ def test_to_params_round_trips():
 @pytest.mark.parametrize(
     ("search", "message"),
     [
-        ({"method": "bayes", "space": {"C": [1]}}, "search.method must be one of ['grid', 'random']"),
-        ({"space": {}}, "search.space must name at least one hyper-parameter"),
-        ({"space": {"C": 1}}, "search.space.C must be a non-empty list of values"),
-        ({"space": {"C": {"loguniform": [0.1, 1]}}}, "search.space.C must be a list of values. Received"),
-        ({"method": "random", "space": {"C": {"normal": [0, 1]}}}, "search.space.C distribution must be one of"),
-        ({"space": {"C": [1]}, "cv": 1}, "search.cv must be an integer >= 2"),
-        ({"space": {"C": [1]}, "n_jobs": 0}, "search.n_jobs must be -1 (all cores) or an integer >= 1"),
-        ({"grid": {"C": [1]}}, "unknown key search.grid"),
+        ({"method": "bayes", "space": {"C": [1]}},
+         "classifiers.c.search.method must be one of ['grid', 'random']. Received: classifiers.c.search.method='bayes'"),
+        ({"space": {}}, "classifiers.c.search.space must be a mapping of at least one hyper-parameter to its values. "
+                        "Received: classifiers.c.search.space={}"),
+        ({"space": {"C": 1}},
+         "classifiers.c.search.space.C must be a non-empty list of values. Received: classifiers.c.search.space.C=1"),
+        ({"space": {"C": {"loguniform": [0.1, 1]}}},
+         "classifiers.c.search.space.C must be a list of values. Received: classifiers.c.search.space.C={'loguniform'"),
+        ({"method": "random", "space": {"C": {"normal": [0, 1]}}},
+         "classifiers.c.search.space.C distribution must be one of ['loguniform', 'randint', 'uniform']. "
+         "Received: classifiers.c.search.space.C distribution='normal'"),
+        ({"method": "random", "space": {"C": {"uniform": 1}}},
+         "classifiers.c.search.space.C.uniform must be [low, high]. Received: classifiers.c.search.space.C.uniform=1"),
+        ({"space": {"C": [1]}, "cv": 1}, "classifiers.c.search.cv must be an integer >= 2. Received: classifiers.c.search.cv=1"),
+        ({"space": {"C": [1]}, "n_jobs": 0},
+         "classifiers.c.search.n_jobs must be -1 (all cores) or an integer >= 1. Received: classifiers.c.search.n_jobs=0"),
+        ({"grid": {"C": [1]}}, "unknown key classifiers.c.search.grid"),
+        ("grid", "classifiers.c.search must be a mapping. Received: classifiers.c.search='grid'"),
     ],
 )
 def test_search_section_is_validated(search, message):
@@ -464,12 +487,13 @@ def test_train_config_reads_layers_and_sizes():
     ("section", "message"),
     [
         ({}, "train is missing required key(s) ['layers']"),
-        ({"layers": []}, "train.layers must be a non-empty list of layer names (a+b concatenates). Received: layers=[]"),
+        ({"layers": []}, "train.layers must be a non-empty list of layer names (a+b concatenates). Received: train.layers=[]"),
         ({"layers": "a"}, "train.layers must be a non-empty list"),
         ({"layers": ["a+"]}, "train.layers must be a non-empty list"),
-        ({"layers": ["a", "a"]}, "train.layers must not repeat an entry. Received: layers=['a', 'a']"),
+        ({"layers": ["a", "a"]}, "train.layers must not repeat an entry. Received: train.layers=['a', 'a']"),
         ({"layers": ["a"], "memory_budget": "lots"}, "train.memory_budget must be a number of bytes or a size like '512MiB'"),
-        ({"layers": ["a"], "memory_budget": "1MiB", "chunk_size": "512KiB"}, "train.chunk_size must be at most train.memory_budget / 4"),
+        ({"layers": ["a"], "memory_budget": "1MiB", "chunk_size": "512KiB"}, "train.chunk_size must be at most train.memory_budget / 4 (streaming holds about 4 blocks' worth at its peak). "
+                                                                  "Received: train.chunk_size='512KiB', train.memory_budget='1MiB'"),
         ({"layers": ["a"], "cluster": "local:2"}, "unknown key train.cluster"),
         ({"layers": ["a"], "budget": 1}, "unknown key train.budget"),
     ],
@@ -484,7 +508,7 @@ def test_pixels_is_reserved_for_the_raw_pixel_baseline():
     assert [spec.name for spec in config.stored_layers] == [*config.layer_names, "pixels"]
     assert config.stored_layers[-1] == LayerSpec("pixels", pooling="none", dtype="float32")
     assert ExtractConfig.from_params(config.to_params()) == config
-    assert config_hash(config.feature_identity()) != config_hash(ExtractConfig.from_params(extract()).feature_identity())
+    assert config_hash(config_identity(config)) != config_hash(config_identity(ExtractConfig.from_params(extract())))
     assert ExtractConfig.from_params(extract()).stored_layers == ExtractConfig.from_params(extract()).layers
     with pytest.raises(ConfigError, match=re.escape("extract.layers must not name 'pixels': it is the raw-pixel baseline")):
         ExtractConfig.from_params(extract(layers=["pixels"]))
@@ -496,8 +520,8 @@ def test_pixels_is_reserved_for_the_raw_pixel_baseline():
     ("augment", "message"),
     [
         ({"flip": "sideways"}, "extract.augment.flip must be one of ['both', 'horizontal', 'none', 'vertical']"),
-        ({"rotation": 200}, "extract.augment.rotation must be a number of degrees in [0, 180]. Received: rotation=200"),
-        ({"crop": 0}, "extract.augment.crop must be the smallest kept fraction of a side, in (0, 1]. Received: crop=0"),
+        ({"rotation": 200}, "extract.augment.rotation must be a number of degrees in [0, 180]. Received: extract.augment.rotation=200"),
+        ({"crop": 0}, "extract.augment.crop must be the smallest kept fraction of a side, in (0, 1]. Received: extract.augment.crop=0"),
         ({"seed": "x"}, "extract.augment.seed must be an integer"),
         ({"zoom": 2}, "unknown key extract.augment.zoom"),
     ],
@@ -512,18 +536,18 @@ def test_views_change_the_config_hash_and_augment_settings_only_with_views():
     views = ExtractConfig.from_params(extract(augment_views=2))
     rotated = ExtractConfig.from_params(extract(augment_views=2, augment={"rotation": 20}))
     idle = ExtractConfig.from_params(extract(augment={"rotation": 20}))  # settings without views decide nothing
-    hashes = [config_hash(c.feature_identity()) for c in (plain, views, rotated, idle)]
+    hashes = [config_hash(config_identity(c)) for c in (plain, views, rotated, idle)]
     assert hashes[0] == hashes[3] and len({*hashes[:3]}) == 3
     assert ExtractConfig.from_params(rotated.to_params()) == rotated
     with pytest.raises(ConfigError, match=re.escape("extract.augment_views must be an integer >= 0")):
         ExtractConfig.from_params(extract(augment_views=-1))
-    assert "reuse" not in plain.feature_identity()
+    assert "reuse" not in config_identity(plain)
     with pytest.raises(ConfigError, match=re.escape("extract.reuse must be an integer >= 0")):
         ExtractConfig.from_params(extract(reuse=-1))
 
 
 def test_augmented_must_be_a_boolean():
-    with pytest.raises(ConfigError, match=re.escape("classifiers.c.augmented must be true or false. Received: augmented='yes'")):
+    with pytest.raises(ConfigError, match=re.escape("classifiers.c.augmented must be true or false. Received: classifiers.c.augmented='yes'")):
         ClassifierConfig.from_params({"c": {"estimator": "sgd", "augmented": "yes"}}, "c", "x")
 
 
@@ -564,8 +588,8 @@ def test_finetune_entry_defaults_and_augment():
          "finetune.top.trainable_layers must be an integer >= 1. Received: finetune.top.trainable_layers=0"),
         ({**FINETUNE, "learning_rate": "1e-5"},
          "finetune.top.learning_rate must be a number in (0, 1) (YAML reads a number like 1e-5 without a decimal "
-         "point as a string: write 1.0e-5). Received: learning_rate='1e-5'"),
-        ({**FINETUNE, "learning_rate": 0}, "finetune.top.learning_rate must be a number in (0, 1). Received: learning_rate=0"),
+         "point as a string: write 1.0e-5). Received: finetune.top.learning_rate='1e-5'"),
+        ({**FINETUNE, "learning_rate": 0}, "finetune.top.learning_rate must be a number in (0, 1). Received: finetune.top.learning_rate=0"),
         ({**FINETUNE, "epochs": 0}, "finetune.top.epochs must be an integer >= 1. Received: finetune.top.epochs=0"),
         ({**FINETUNE, "batch_size": 2.5}, "finetune.top.batch_size must be an integer >= 1"),
         ({**FINETUNE, "patience": -1}, "finetune.top.patience must be an integer >= 0"),
@@ -601,11 +625,11 @@ def test_finetune_section_must_be_a_mapping_of_named_entries():
         ({"head": "svm"}, "finetune.top.head must be one of ['dense_head', 'logreg', 'pca_head']. "
                           "Received: finetune.top.head='svm'"),
         ({"head": "logreg"}, "finetune.top.head must name a classifiers entry with estimator keras_head (its Keras "
-                             "layers are what fine-tuning continues training). Received: head='logreg', whose "
-                             "estimator is 'logistic_regression'"),
-        ({"head": "pca_head"}, "finetune.top.head 'pca_head' sets classifiers.pca_head.pca: fine-tuning needs a head "
-                               "trained on the layer's features as extracted (no pool or pca step before it). "
-                               "Received: pca=16"),
+                             "layers are what fine-tuning continues training). Received: finetune.top.head='logreg', "
+                             "whose classifiers.logreg.estimator='logistic_regression'"),
+        ({"head": "pca_head"}, "finetune.top.head must name a classifiers entry without pool or pca: fine-tuning needs "
+                               "a head trained on the layer's features as extracted. Received: "
+                               "finetune.top.head='pca_head', whose classifiers.pca_head.pca=16"),
         ({"layer": "conv_pw_7_relu"}, "finetune.top.layer must be one of ['conv_pw_13_relu']. "
                                       "Received: finetune.top.layer='conv_pw_7_relu'"),
     ],

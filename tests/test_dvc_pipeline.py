@@ -17,6 +17,8 @@ import h5py
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # real `dvc repro` runs: minutes
+
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIERS = ["logreg", "linear_svm", "linear_svm_aug", "sgd_stream", "dense_head"]
 LAYERS = ["pixels", "conv_pw_7_relu"]  # the test's matrix: 5 classifiers x 2 layers

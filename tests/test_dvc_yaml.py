@@ -27,6 +27,7 @@ def imported_pipeline_modules(script: str) -> set[str]:
     return {Path(line).resolve().relative_to(REPO).as_posix() for line in out.stdout.split()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_cover_the_modules_it_imports(stage):
     spec = STAGES[stage].get("do", STAGES[stage])  # a foreach stage's template is under `do`

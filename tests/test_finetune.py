@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 from pipeline.classification.evaluate import evaluate_model
-from pipeline.classification.models import METADATA
+from pipeline.classification.models import FINETUNED, METADATA
 from pipeline.classification.train import train_classifier
 from pipeline.config import AugmentConfig, ClassifierConfig, ExtractConfig, FinetuneConfig
 from pipeline.extraction.backbone import load_backbone
 from pipeline.finetune import (
     BACKBONE,
-    KIND,
     ImageRows,
     build_model,
     check_images,
@@ -33,6 +32,8 @@ from pipeline.finetune import (
     run_finetune,
 )
 from pipeline.validation import ConfigError
+
+pytestmark = pytest.mark.slow  # fine-tuning trains the backbone
 
 LAYER = "conv_pw_5_relu"  # stored average-pooled (256 values) in the conftest features file, at 64x64
 # MobileNet's block 5 is conv_dw_5, its BatchNormalization and ReLU, then conv_pw_5, its BatchNormalization and ReLU.
@@ -156,7 +157,7 @@ def test_model_json_records_what_it_started_from_and_how_it_trained(finetuned, h
     model_dir, _, _ = finetuned
     metadata = json.loads((model_dir / METADATA).read_text())
     assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.keras"]
-    assert metadata["kind"] == KIND and metadata["file"] == "model.keras"
+    assert metadata["kind"] == FINETUNED and metadata["file"] == "model.keras" and metadata["format_version"] == 1
     assert metadata["head"]["classifier"] == "head" and metadata["head"]["model"] == str(head)
     assert metadata["layer"] == LAYER and metadata["pooling"] == "avg"
     assert metadata["classes"] == list(range(10)) and metadata["class_names"] == [str(i) for i in range(10)]

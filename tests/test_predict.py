@@ -250,6 +250,7 @@ def finetuned_model(features_file, digits_dir, head_model, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_model_predicts_end_to_end(finetuned_model, stored, capsys):
     import keras
 

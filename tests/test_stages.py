@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +46,7 @@ def test_missing_image_folder_is_named(tmp_path):
     assert not (tmp_path / "f.h5").exists()
 
 
+@pytest.mark.slow
 def test_finetune_names_the_configured_entries_and_checks_the_head(tmp_path):
     args = ["--features", "data/features.h5", "--images", "data/images", "--head", str(tmp_path / "head"),
             "--out", str(tmp_path / "model"), "--eval", str(tmp_path / "eval")]

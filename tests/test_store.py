@@ -20,6 +20,7 @@ from pipeline.atomic import temporary_sibling
 from pipeline.store import (
     CHUNK_BYTES,
     OVERHEAD_BYTES,
+    FeatureReader,
     FeatureWriter,
     iter_chunks,
     load_dask,
@@ -30,6 +31,7 @@ from pipeline.store import (
     rows_per_chunk,
     split_nbytes,
     split_rows,
+    stored_resume_key,
 )
 from pipeline.validation import ConfigError, UserError, format_bytes
 
@@ -562,6 +564,40 @@ def test_read_attrs_returns_plain_text_attrs_unchanged(tmp_path, text):
     with writer(tmp_path / "f.h5", attrs={"image_root": text}):
         pass
     assert read_attrs(tmp_path / "f.h5")["image_root"] == text
+
+
+# --- FeatureReader: the rows another file copies (reuse, shards) ------------------------------------------------------
+
+
+def test_a_feature_reader_gives_hashes_splits_and_rows_by_dataset_name(tmp_path):
+    path = tmp_path / "f.h5"
+    hashes = [f"{row:064x}" for row in range(5)]
+    with writer(path, attrs={"versions": {"numpy": "2"}}) as w:
+        w.write(5, {"pooled": POOLED, "maps": MAPS}, PATHS, LABELS, SPLITS, hashes=hashes)
+    with FeatureReader(path) as reader:
+        assert reader.copyable()
+        assert reader.attrs()["versions"] == {"numpy": "2"}
+        assert reader.hashes() == hashes
+        assert reader.in_split("train").tolist() == [True, False, True, False, True]
+        assert not reader.in_split("unknown").any()
+        rows = reader.read(np.array([4, 0, 4]), ["features/pooled", "features/maps"])
+    np.testing.assert_array_equal(rows["features/pooled"], POOLED[[4, 0, 4]])
+    np.testing.assert_array_equal(rows["features/maps"], MAPS[[4, 0, 4]].astype(np.float16))
+
+
+def test_a_partial_file_is_not_copyable_and_records_its_resume_key(tmp_path):
+    kill_after_first_batch(tmp_path / "f.h5")
+    partial = temporary_sibling(tmp_path / "f.h5")
+    assert stored_resume_key(partial) == "key-1"
+    with FeatureReader(partial) as reader:
+        assert not reader.copyable()
+
+
+def test_empty_rows_have_the_shape_and_dtype_of_the_named_datasets(tmp_path):
+    with writer(tmp_path / "f.h5", views=2) as w:
+        rows = w.empty_rows(["features/maps", "views/pooled"], 3)
+    assert (rows["features/maps"].shape, rows["features/maps"].dtype) == ((3, 2, 2, 3), np.float16)
+    assert (rows["views/pooled"].shape, rows["views/pooled"].dtype) == ((3, 2, 6), np.float32)
 
 
 @pytest.mark.parametrize(("split", "rows"), [("train", [0, 2, 4]), (None, [0, 1, 2, 3, 4])])

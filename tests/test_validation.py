@@ -8,14 +8,19 @@ import pytest
 
 from pipeline.validation import (
     ConfigError,
+    check_bool,
     check_bytes,
     check_cluster,
     check_fraction,
     check_int,
     check_keys,
+    check_mapping,
+    check_number,
     check_one_of,
+    check_text,
     did_you_mean,
     format_bytes,
+    invalid,
 )
 
 
@@ -132,3 +137,70 @@ def test_check_cluster_names_the_allowed_forms(cluster):
     with pytest.raises(ConfigError, match=r"extract\.cluster must be null, 'local:N' \(N >= 1 worker processes\) or a "
                                           r"scheduler address 'tcp://host:port'\. Received: extract\.cluster="):
         check_cluster("extract.cluster", cluster)
+
+
+def test_invalid_is_the_one_form_of_a_parameter_error():
+    error = invalid("classifiers.logreg.search.cv", 1, "an integer >= 2")
+    assert isinstance(error, ConfigError)
+    assert str(error) == "classifiers.logreg.search.cv must be an integer >= 2. Received: classifiers.logreg.search.cv=1"
+
+
+@pytest.mark.parametrize(
+    ("bounds", "value", "expected"),
+    [({}, -3, -3.0), ({"minimum": 0, "maximum": 180}, 180, 180.0), ({"minimum": 0, "open_min": True}, 1e-9, 1e-9),
+     ({"maximum": 1, "open_max": True}, 0.5, 0.5), ({"minimum": 0, "maximum": 1}, 0, 0.0)],
+)
+def test_check_number_returns_a_float_within_the_bounds(bounds, value, expected):
+    result = check_number("x", value, **bounds)
+    assert result == expected and type(result) is float
+
+
+@pytest.mark.parametrize(
+    ("bounds", "value", "message"),
+    [
+        ({"minimum": 0, "maximum": 180}, 181, "x must be a number in [0, 180]. Received: x=181"),
+        ({"minimum": 0, "maximum": 1, "open_min": True}, 0, "x must be a number in (0, 1]. Received: x=0"),
+        ({"minimum": 0, "maximum": 1, "open_max": True}, 1.0, "x must be a number in [0, 1). Received: x=1.0"),
+        ({"minimum": 0}, -1, "x must be a number >= 0. Received: x=-1"),
+        ({"minimum": 0, "open_min": True}, 0, "x must be a number > 0. Received: x=0"),
+        ({"maximum": 5}, 6, "x must be a number <= 5. Received: x=6"),
+        ({"maximum": 5, "open_max": True}, 5, "x must be a number < 5. Received: x=5"),
+        ({}, "1e-5", "x must be a number. Received: x='1e-5'"),
+        ({}, True, "x must be a number. Received: x=True"),
+        ({}, None, "x must be a number. Received: x=None"),
+        ({}, float("nan"), "x must be a number. Received: x=nan"),
+        ({"minimum": 0, "maximum": 180, "what": "a number of degrees"}, -1,
+         "x must be a number of degrees in [0, 180]. Received: x=-1"),
+        ({"minimum": 0, "maximum": 1, "open_min": True, "open_max": True, "hint": " (write 1.0e-5)"}, "1e-5",
+         "x must be a number in (0, 1) (write 1.0e-5). Received: x='1e-5'"),
+    ],
+)
+def test_check_number_names_the_range_and_the_received_value(bounds, value, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        check_number("x", value, **bounds)
+
+
+def test_check_bool_accepts_only_true_and_false():
+    assert check_bool("extract.xla", True) is True and check_bool("extract.xla", False) is False
+    for value in ["yes", 1, 0, None]:
+        message = f"extract.xla must be true or false. Received: extract.xla={value!r}"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            check_bool("extract.xla", value)
+
+
+def test_check_mapping_returns_a_mapping_or_names_the_key():
+    mapping = {"C": 1}
+    assert check_mapping("classifiers.x.params", mapping) is mapping
+    message = "classifiers.x.params must be a mapping. Received: classifiers.x.params=[1]"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        check_mapping("classifiers.x.params", [1])
+
+
+def test_check_text_refuses_empty_and_non_strings():
+    assert check_text("finetune.top.head", "dense_head") == "dense_head"
+    for value in ["", None, 3]:
+        message = f"finetune.top.head must be a non-empty string. Received: finetune.top.head={value!r}"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            check_text("finetune.top.head", value)
+    with pytest.raises(ConfigError, match=re.escape("x must be a layer name. Received: x=''")):
+        check_text("x", "", "a layer name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -19,10 +20,11 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pipeline.config import ClassifierConfig
-from pipeline.validation import ConfigError, check_one_of, did_you_mean
+from pipeline.validation import ConfigError, check_int, check_one_of, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
     sparse categorical cross-entropy. With ``normalize`` the first layer is a ``keras.layers.Normalization``
     adapted to the training features, so the saved ``.keras`` model maps raw features to probabilities.
     ``fit(X, y, validation_data=(X_val, y_val))`` stops early on the validation loss and keeps the best weights;
-    ``fit_stream`` trains the same way on blocks streamed from HDF5 (``pipeline.classification.stream``).
+    ``fit_stream`` trains the same way on blocks streamed from HDF5 (``pipeline.classification.stream``). Every epoch
+    is logged; ``verbose`` is Keras's, ``"auto"`` as ``keras_verbosity`` defines it.
     """
 
     def __init__(
@@ -88,38 +91,34 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         )
         return model
 
-    def _encode(self, y: np.ndarray) -> np.ndarray:
-        index = np.searchsorted(self.classes_, y)
-        if np.any(index >= len(self.classes_)) or np.any(self.classes_[np.minimum(index, len(self.classes_) - 1)] != y):
-            raise ValueError(f"labels {sorted(set(np.asarray(y).tolist()) - set(self.classes_.tolist()))} were not seen in fit")
-        return index
-
-    def _train(self, x, validation, callbacks=(), **fit_kwargs):
-        """``model_.fit`` for ``epochs``, stopping early on ``validation`` (when given) with the best weights kept."""
+    def _train(self, x, validation, **fit_kwargs):
+        """``model_.fit`` for ``epochs``, each epoch logged, stopping early on ``validation`` (when given) with the best
+        weights kept."""
         import keras
 
-        callbacks = list(callbacks)
+        callbacks = [epoch_logger(self.epochs)]
         if validation is not None:
             callbacks.append(
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience, restore_best_weights=True)
             )
-        history = self.model_.fit(x, epochs=self.epochs, validation_data=validation, callbacks=callbacks, **fit_kwargs)
+        history = self.model_.fit(
+            x, epochs=self.epochs, validation_data=validation, callbacks=callbacks,
+            verbose=keras_verbosity(self.verbose), **fit_kwargs,
+        )
         self.history_ = history.history
 
     def fit(self, X, y, validation_data: tuple[np.ndarray, np.ndarray] | None = None):
-        X = np.asarray(X, dtype=np.float32)
+        """Fit on ``X`` (rows of features) and ``y`` (class labels); ``validation_data`` for early stopping."""
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
         self.classes_ = np.unique(y)
-        self.n_features_in_ = X.shape[1]
         moments = (X.mean(axis=0), X.var(axis=0)) if self.normalize else ()
-        self.model_ = self._build(X.shape[1], len(self.classes_), *moments)
+        self.model_ = self._build(self.n_features_in_, len(self.classes_), *moments)
         validation = None
         if validation_data is not None:
-            X_val, y_val = validation_data
-            validation = (np.asarray(X_val, dtype=np.float32), self._encode(np.asarray(y_val)))
-        self._train(
-            X, validation, y=self._encode(np.asarray(y)), batch_size=self.batch_size, verbose=self._verbosity(),
-            shuffle=True,
-        )
+            X_val, y_val = validate_data(self, *validation_data, reset=False, dtype=np.float32)
+            validation = (X_val, encode_labels(y_val, self.classes_, "validation_data"))
+        self._train(X, validation, y=encode_labels(y, self.classes_), batch_size=self.batch_size, shuffle=True)
         return self
 
     def fit_stream(self, train, classes: np.ndarray, validation=None):
@@ -127,11 +126,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
         ``train(epoch)`` yields blocks (``Split``) shuffled for that epoch, ``train(None)`` in file order, and
         ``len(train)`` is the row count; ``validation`` is the same for the val split, for early stopping. The
-        normalization statistics come from one pass; batches of ``batch_size`` span block boundaries. With
-        ``verbose="auto"`` a terminal gets Keras's progress bar; every epoch is logged.
+        normalization statistics come from one pass; batches of ``batch_size`` span block boundaries.
         """
-        import keras
-
         self.classes_ = np.unique(classes)
         if self.normalize:
             moments = fit_scaler(train(None))
@@ -141,36 +137,61 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             with contextlib.closing(train(None)) as blocks:
                 self.n_features_in_ = next(blocks).X.shape[1]
             self.model_ = self._build(self.n_features_in_, len(self.classes_))
-        batches = _block_batches(train, self.batch_size, self._encode, shuffle=True)
-        val_batches = (
-            None if validation is None else _block_batches(validation, self.batch_size, self._encode, shuffle=False)
-        )
-        logger = keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: log.info(
-                "epoch %d/%d: %s", epoch + 1, self.epochs, ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            )
-        )
-        verbose = (1 if sys.stdout.isatty() else 0) if self.verbose == "auto" else self.verbose
+        encode = functools.partial(encode_labels, classes=self.classes_)
+        batches = _block_batches(train, self.batch_size, encode, shuffle=True)
+        val_batches = None if validation is None else _block_batches(validation, self.batch_size, encode, shuffle=False)
         try:
-            self._train(batches, val_batches, callbacks=[logger], verbose=verbose, shuffle=False)
+            self._train(batches, val_batches, shuffle=False)
         finally:
             for dataset in (batches, val_batches):
                 if dataset is not None:
                     dataset.close()
         return self
 
-    def _verbosity(self) -> int:
-        """``auto``: a progress bar on a terminal, one line per epoch in logs."""
-        if self.verbose == "auto":
-            return 1 if sys.stdout.isatty() else 2
-        return self.verbose
-
     def predict_proba(self, X) -> np.ndarray:
-        check_is_fitted(self, "model_")
-        return self.model_.predict(np.asarray(X, dtype=np.float32), batch_size=1024, verbose=0)
+        """Class probabilities, one column per ``classes_``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        return self.model_.predict(X, batch_size=1024, verbose=0)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # first: it checks that the model is fitted
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+def encode_labels(labels, classes, what: str = "y") -> np.ndarray:
+    """Class labels as their positions in the sorted ``classes``: a classifier's output columns. A label not in
+    ``classes`` is a ConfigError naming ``what``."""
+    labels, classes = np.asarray(labels), np.asarray(classes)
+    position = np.searchsorted(classes, labels)
+    known = (position < len(classes)) & (classes[np.minimum(position, len(classes) - 1)] == labels)
+    if not known.all():
+        raise ConfigError(
+            f"{what} must hold only the classes the model was trained on, {classes.tolist()}. "
+            f"Received: labels {sorted(set(labels[~known].tolist()))}"
+        )
+    return position
+
+
+def keras_verbosity(verbose: int | str) -> int:
+    """Keras's ``verbose`` for ours: ``"auto"`` is Keras's progress bar when stdout is a terminal and nothing from
+    Keras otherwise (logs get one line per epoch either way, see ``epoch_logger``); 0, 1 and 2 are Keras's own."""
+    check_one_of("verbose", verbose, ["auto", 0, 1, 2])
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 0
+    return verbose
+
+
+def epoch_logger(epochs: int, name: str = "", logger: logging.Logger = log):
+    """A Keras callback logging each epoch's metrics on one line to ``logger``: ``[name ]epoch 3/50: loss 0.1234, ...``."""
+    import keras
+
+    prefix = f"{name} " if name else ""
+    return keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: logger.info(
+            "%sepoch %d/%d: %s", prefix, epoch + 1, epochs, ", ".join(f"{key} {value:.4f}" for key, value in logs.items())
+        )
+    )
 
 
 # StandardScaler.partial_fit makes float64 temporaries of about twice its input and IncrementalPCA's SVD several
@@ -291,6 +312,11 @@ def check_hyper_parameters(section: str, name: str, keys, estimator: BaseEstimat
             )
 
 
+def search_prefix(estimator: BaseEstimator) -> str:
+    """What the classifier's hyper-parameter names take in a search over ``estimator``: ``clf__`` at a Pipeline's end."""
+    return f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
+
+
 def build_search(estimator: BaseEstimator, config: ClassifierConfig):
     """GridSearchCV or RandomizedSearchCV over ``config.search.space`` with stratified, seeded folds (grouped by
     image when training on augmented views); refits the best."""
@@ -298,7 +324,7 @@ def build_search(estimator: BaseEstimator, config: ClassifierConfig):
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedGroupKFold, StratifiedKFold
 
     search = config.search
-    prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
+    prefix = search_prefix(estimator)
     distributions = {"uniform": lambda lo, hi: stats.uniform(lo, hi - lo), "loguniform": stats.loguniform, "randint": stats.randint}
     space = {}
     for key, values in search.space.items():
@@ -325,15 +351,27 @@ class SpatialPool(TransformerMixin, BaseEstimator):
         self.mode = mode
 
     def fit(self, X, y=None):
-        if np.shape(X)[1] % self.channels:
-            raise ValueError(f"{np.shape(X)[1]} features are not whole maps of {self.channels} channels")
-        self.n_features_in_ = np.shape(X)[1]
+        check_int("channels", self.channels, minimum=1)
+        check_one_of("mode", self.mode, ["avg", "max"])
+        X = validate_data(self, X, dtype="numeric")
+        if X.shape[1] % self.channels:
+            raise ConfigError(
+                f"X must hold whole maps of channels={self.channels}, a multiple of {self.channels} features per row. "
+                f"Received: {X.shape[1]} features"
+            )
         return self
 
     def transform(self, X) -> np.ndarray:
-        check_is_fitted(self, "n_features_in_")
-        maps = np.asarray(X, dtype=np.float32).reshape(len(X), -1, self.channels)
+        """Float32 pooled rows, ``channels`` values each."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        maps = X.reshape(len(X), -1, self.channels)
         return maps.mean(axis=1) if self.mode == "avg" else maps.max(axis=1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # transform computes and returns float32
+        return tags
 
 
 def configured_estimator(config: ClassifierConfig) -> BaseEstimator:
@@ -358,8 +396,8 @@ def build_estimator(config: ClassifierConfig, feature_shape: tuple[int, ...] | N
     if config.pool is not None:
         if feature_shape is None or len(feature_shape) < 2:
             raise ConfigError(
-                f"classifiers.{config.name}.pool needs a layer stored unpooled (extract pooling: none); "
-                f"{config.layer} is stored with shape {feature_shape}"
+                f"classifiers.{config.name}.pool needs a layer stored unpooled (extract.pooling: none); "
+                f"{config.layer} is stored with shape {feature_shape}. Received: classifiers.{config.name}.pool={config.pool!r}"
             )
         steps.append(("pool", SpatialPool(channels=int(feature_shape[-1]), mode=config.pool)))
     if isinstance(estimator, KerasHeadClassifier):

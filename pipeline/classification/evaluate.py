@@ -29,7 +29,7 @@ from pipeline.validation import ConfigError
 log = logging.getLogger(__name__)
 
 TOP_K = 3
-CHUNK_BYTES = 64 << 20
+BLOCK_BYTES = 64 << 20  # features read from the file at a time to predict on (a block of rows)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Predictions:
 
 
 def predictions(
-    estimator, features: str | Path, layers: Sequence[str], split: str, n_classes: int, chunk_bytes: int = CHUNK_BYTES
+    estimator, features: str | Path, layers: Sequence[str], split: str, n_classes: int, chunk_bytes: int = BLOCK_BYTES
 ) -> Predictions:
     """Predict ``split`` block by block from HDF5 (about ``chunk_bytes`` of features at a time, never all of it)."""
     ys, predicted, probas, seconds = [], [], [], 0.0

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
+from pipeline.classification.models import FINETUNED
 from pipeline.classification.plots import heatmap
 from pipeline.config import FINETUNE_FOLDER, PIXELS
 from pipeline.validation import ConfigError
@@ -32,7 +33,7 @@ HEADERS = {
 
 def finetuned(name: str) -> str:
     """The leaderboard's classifier label of the fine-tuned run ``name``: marked, so it never reads as a classifier."""
-    return f"{name} (fine-tuned)"
+    return f"{name} ({FINETUNED})"
 
 
 def collect(

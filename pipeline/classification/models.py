@@ -8,6 +8,7 @@ are stored as ``.keras`` and loaded with ``safe_mode=True``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ from pipeline.classification.classifiers import KerasHeadClassifier, final_estim
 from pipeline.validation import ConfigError
 
 METADATA = "model.json"
-FINETUNED = "fine-tuned"  # model.json's "kind" of a fine-tuned model (pipeline.finetune): images in, not features
+# The fine-tuned marker: model.json's "kind" of a fine-tuned model (pipeline.finetune: images in, not features), and
+# how the leaderboard labels one.
+FINETUNED = "fine-tuned"
+KERAS_FILE = "model.keras"
 PREPROCESS = "preprocess.joblib"
 FORMAT_VERSION = 1
 
@@ -45,14 +49,56 @@ def library_versions(keras_model: bool) -> dict[str, str]:
     return versions
 
 
+def history_rows(curves: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """model.json's ``history`` (the learning-curve plot's data): one row per epoch, ``{"epoch": 1, "loss": ..., ...}``,
+    from ``curves`` (a Keras ``History.history``: metric -> one value per epoch), with the ``HISTORY_KEYS`` it has."""
+    columns = {key: curves[key] for key in HISTORY_KEYS if key in curves}
+    n_epochs = len(next(iter(columns.values()), []))
+    return [{"epoch": i + 1, **{key: float(values[i]) for key, values in columns.items()}} for i in range(n_epochs)]
+
+
+def model_metadata(
+    classifier: str, estimator: str, params: Mapping[str, Any], layers: Sequence[str], features: str | Path,
+    attrs: Mapping[str, Any], fit_seconds: float, val_accuracy: float, history: list[dict[str, float]], **details: Any,
+) -> dict[str, Any]:
+    """The model.json fields of every trained model (``details`` adds its own): what it is, the layers and features
+    file it was trained on with their provenance (``attrs``, the file's root attributes), its fit time, val accuracy
+    and per-epoch history (``history_rows``). ``save_model`` and ``write_metadata`` add the file and versions."""
+    return {
+        "classifier": classifier,
+        "estimator": estimator,
+        "params": dict(params),
+        "layer": "+".join(layers),
+        "layers": list(layers),
+        **details,
+        "class_names": attrs["class_names"],
+        "features_file": str(features),
+        "features": {key: attrs[key] for key in FEATURE_KEYS},
+        "fit_seconds": fit_seconds,
+        "val_accuracy": val_accuracy,
+        "history": history,
+    }
+
+
+def write_metadata(directory: Path, filename: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``directory/model.json``: the format version, the model file ``filename``, ``metadata`` and the library
+    versions; returns the record."""
+    record = {
+        "format_version": FORMAT_VERSION, "file": filename, **metadata,
+        "versions": library_versions(keras_model=filename == KERAS_FILE),
+    }
+    (directory / METADATA).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def save_model(estimator: BaseEstimator, out_dir: str | Path, metadata: dict[str, Any]) -> Path:
     """Write ``out_dir`` atomically: ``model.keras`` for a Keras head (plus ``preprocess.joblib`` for steps before
-    it), else ``model.joblib``, and ``model.json``."""
+    it), else ``model.joblib``, and ``model.json`` (``metadata``, see ``model_metadata``)."""
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
         head = final_estimator(estimator)
         if isinstance(head, KerasHeadClassifier):
-            filename = "model.keras"
+            filename = KERAS_FILE
             head.model_.save(tmp / filename)
             extra = {"classes": head.classes_.tolist(), "estimator_params": head.get_params()}
             if head is not estimator:  # fitted steps before the head (pool, PCA): scikit-learn objects
@@ -62,8 +108,7 @@ def save_model(estimator: BaseEstimator, out_dir: str | Path, metadata: dict[str
             filename = "model.joblib"
             joblib.dump(estimator, tmp / filename)
             extra = {}
-        record = {"format_version": FORMAT_VERSION, "file": filename, **metadata, **extra, "versions": library_versions(filename == "model.keras")}
-        (tmp / METADATA).write_text(json.dumps(record, indent=2) + "\n")
+        write_metadata(tmp, filename, {**metadata, **extra})
     return out_dir
 
 
@@ -83,7 +128,7 @@ def load_model(model_dir: str | Path) -> tuple[BaseEstimator, dict[str, Any]]:
             "pipeline.finetune.evaluate_finetuned, predict with `python -m pipeline predict`"
         )
     path = Path(model_dir) / metadata["file"]
-    if metadata["file"] == "model.keras":
+    if metadata["file"] == KERAS_FILE:
         import keras
 
         estimator = KerasHeadClassifier(**metadata["estimator_params"])

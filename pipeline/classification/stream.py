@@ -74,23 +74,23 @@ def check_streaming(config: ClassifierConfig, reason: str) -> None:
     if config.estimator not in STREAMING_ESTIMATORS:
         raise ConfigError(
             f"{name}.estimator must be one of {sorted(STREAMING_ESTIMATORS)} to train out of core ({reason}). "
-            f"Received: estimator={config.estimator!r}"
+            f"Received: {name}.estimator={config.estimator!r}"
         )
     if config.search is not None:
         raise ConfigError(
             f"{name}.search must be absent to train out of core ({reason}): cross-validation refits in memory. "
-            f"Received: search.method={config.search.method!r}"
+            f"Received: {name}.search.method={config.search.method!r}"
         )
     if config.pca is not None and not isinstance(config.pca, int):
         raise ConfigError(
             f"{name}.pca must be null or a number of components (IncrementalPCA) to train out of core ({reason}). "
-            f"Received: pca={config.pca!r}"
+            f"Received: {name}.pca={config.pca!r}"
         )
     solver = configured_estimator(config).get_params().get("solver")
     if config.estimator == "mlp" and solver not in STREAMING_SOLVERS:
         raise ConfigError(
             f"{name}.params.solver must be one of {sorted(STREAMING_SOLVERS)} to train out of core ({reason}). "
-            f"Received: solver={solver!r}"
+            f"Received: {name}.params.solver={solver!r}"
         )
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.pipeline import Pipeline
 
 from pipeline.classification.classifiers import (
     KerasHeadClassifier,
@@ -16,9 +15,10 @@ from pipeline.classification.classifiers import (
     build_search,
     configured_estimator,
     final_estimator,
+    search_prefix,
 )
 from pipeline.classification.evaluate import predictions
-from pipeline.classification.models import FEATURE_KEYS, HISTORY_KEYS, save_model
+from pipeline.classification.models import history_rows, model_metadata, save_model
 from pipeline.classification.stream import check_streaming, fit_out_of_core
 from pipeline.cluster import joblib_backend
 from pipeline.config import ClassifierConfig
@@ -38,16 +38,13 @@ def training_history(estimator) -> list[dict[str, float]]:
     """
     final = final_estimator(estimator)
     if getattr(final, "history_", None) is not None:
-        curves = final.history_
-    elif getattr(final, "loss_curve_", None) is not None:
-        curves = {"loss": final.loss_curve_}
-        if getattr(final, "validation_scores_", None) is not None:
-            curves["val_accuracy"] = final.validation_scores_
-    else:
+        return history_rows(final.history_)
+    if getattr(final, "loss_curve_", None) is None:
         return []
-    columns = {key: curves[key] for key in HISTORY_KEYS if key in curves}
-    n_epochs = len(next(iter(columns.values()), []))
-    return [{"epoch": i + 1, **{key: float(values[i]) for key, values in columns.items()}} for i in range(n_epochs)]
+    curves = {"loss": final.loss_curve_}
+    if getattr(final, "validation_scores_", None) is not None:
+        curves["val_accuracy"] = final.validation_scores_
+    return history_rows(curves)
 
 
 def fit(estimator, train: Split, val: Split):
@@ -84,7 +81,7 @@ def search(estimator, config: ClassifierConfig, train: Split, cluster: str | Non
     searcher = build_search(estimator, config)
     with joblib_backend(cluster):
         searcher.fit(train.X, train.y, groups=groups)
-    prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
+    prefix = search_prefix(estimator)
     best = {key.removeprefix(prefix): value for key, value in searcher.best_params_.items()}
     record = {
         "method": config.search.method,
@@ -159,24 +156,10 @@ def train_classifier(
     val = predictions(estimator, features, config.layers, "val", len(attrs["class_names"]), chunk_size)
     val_accuracy = float(np.mean(val.predicted == val.y))
     log.info("%s on %s: fit in %.1f s, val accuracy %.4f", config.name, "+".join(config.layers), fit_seconds, val_accuracy)
-    metadata = {
-        "classifier": config.name,
-        "estimator": config.estimator,
-        "params": config.params,
-        "scale": config.scale,
-        "layer": "+".join(config.layers),
-        "layers": list(config.layers),
-        "pool": config.pool,
-        "pca": config.pca,
-        "out_of_core": reason,
-        "augmented": config.augmented,
-        "class_names": attrs["class_names"],
-        "features_file": str(features),
-        "features": {key: attrs[key] for key in FEATURE_KEYS},
-        "fit_seconds": fit_seconds,
-        "val_accuracy": val_accuracy,
-        "search": searched,
-        "history": training_history(estimator),
-    }
+    metadata = model_metadata(
+        config.name, config.estimator, config.params, config.layers, features, attrs, fit_seconds, val_accuracy,
+        training_history(estimator), scale=config.scale, pool=config.pool, pca=config.pca, out_of_core=reason,
+        augmented=config.augmented, search=searched,
+    )
     save_model(estimator, out_dir, metadata)
     return metadata

@@ -96,6 +96,18 @@ class Backbone:
         return keras.Model(self.model.inputs, outputs, name=f"{self.name}_features")
 
 
+def preprocessor(name: str, preprocessing: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The input scaling of backbone ``name``, without building it: ``keras.applications.<module>.preprocess_input``,
+    or for a ``.keras`` backbone ``imagenet_utils.preprocess_input`` in mode ``preprocessing`` (``none``: as is)."""
+    import keras
+
+    if name.endswith(".keras"):
+        if preprocessing == "none":
+            return lambda x: x
+        return lambda x: keras.applications.imagenet_utils.preprocess_input(x, mode=preprocessing)
+    return getattr(keras.applications, ARCHITECTURES[name].module).preprocess_input
+
+
 def weights_fingerprint(model) -> str:
     """sha256 over the model's weight arrays in order: identifies the weights whatever file they came from."""
     digest = hashlib.sha256()
@@ -109,20 +121,22 @@ def load_keras_file(
 ) -> Backbone:
     """A user's own ``.keras`` model (loaded with ``safe_mode=True``) as a backbone; it carries its own weights."""
     import keras
-    from keras.applications import imagenet_utils
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"extract.backbone {str(path)!r} is not a file; use a .keras file or one of {sorted(ARCHITECTURES)}")
+        raise ConfigError(
+            f"extract.backbone must be an existing .keras file or one of {sorted(ARCHITECTURES)}. "
+            f"Received: extract.backbone={str(path)!r}"
+        )
     if preprocessing is None:
         raise ConfigError(
             f"extract.preprocessing must be one of {sorted(PREPROCESSING_MODES)} for a .keras backbone "
-            "(the input scaling it was trained with). Received: preprocessing=None"
+            "(the input scaling it was trained with). Received: extract.preprocessing=None"
         )
     if weights == "imagenet":
         raise ConfigError(
             "extract.weights must be null (the model's own weights) or a weights file for a .keras backbone. "
-            "Received: weights='imagenet'"
+            "Received: extract.weights='imagenet'"
         )
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -134,19 +148,15 @@ def load_keras_file(
         source = f"{source}, weights from file {weights} (sha256 {file_sha256(weights)})"
     native = tuple(model.input_shape[1:3])
     if input_size is not None and tuple(input_size) != native and None not in native:
-        raise ConfigError(f"extract.input_size must be null or {list(native)} for {path}. Received: {list(input_size)}")
+        raise ConfigError(f"extract.input_size must be null or {list(native)} for {path}. Received: extract.input_size={list(input_size)}")
     size = tuple(input_size) if None in native else native
     if None in size:
         raise ConfigError(f"{path} accepts any input size: set extract.input_size to [height, width]")
     model.trainable = False
-
-    def preprocess(x: np.ndarray) -> np.ndarray:
-        return x if preprocessing == "none" else imagenet_utils.preprocess_input(x, mode=preprocessing)
-
     return Backbone(
         name=path.name,
         model=model,
-        preprocess=preprocess,
+        preprocess=preprocessor(str(path), preprocessing),
         preprocessing=f"keras.applications.imagenet_utils.preprocess_input(mode={preprocessing!r})"
         if preprocessing != "none" else "none",
         input_size=size,
@@ -171,14 +181,12 @@ def load_backbone(
 
     A failure to get pretrained weights is an error, never a silent fall-back to random weights.
     """
-    import keras
-
     if name.endswith(".keras"):
         return load_keras_file(name, weights, input_size, preprocessing)
     if preprocessing is not None:
         raise ConfigError(
             f"extract.preprocessing applies only to a .keras backbone; {name} uses its own preprocess_input. "
-            f"Received: preprocessing={preprocessing!r}"
+            f"Received: extract.preprocessing={preprocessing!r}"
         )
     arch = ARCHITECTURES[check_one_of("extract.backbone", name, ARCHITECTURES)]
     size = tuple(input_size) if input_size else (arch.native_size, arch.native_size)
@@ -210,7 +218,7 @@ def load_backbone(
         path = Path(weights)
         if not path.is_file():
             raise ConfigError(
-                f"extract.weights must be 'imagenet', null or an existing weights file. Received: weights={weights!r}"
+                f"extract.weights must be 'imagenet', null or an existing weights file. Received: extract.weights={weights!r}"
             )
         model = constructor(None)
         try:
@@ -220,11 +228,10 @@ def load_backbone(
         source = f"file {path} (sha256 {file_sha256(path)})"
 
     model.trainable = False
-    module = getattr(keras.applications, arch.module)
     return Backbone(
         name=name,
         model=model,
-        preprocess=module.preprocess_input,
+        preprocess=preprocessor(name),
         preprocessing=f"keras.applications.{arch.module}.preprocess_input",
         input_size=size,
         weights_source=source,

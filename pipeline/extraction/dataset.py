@@ -100,7 +100,8 @@ def _assign_splits(
             f"and at least one of its {len(splits)} image(s) must fall in train: none does. Add images, lower "
             "extract.split.val_fraction / extract.split.test_fraction or change extract.split.seed, or give the split "
             "(split folders or a 'split' column). Received: "
-            f"val_fraction={split.val_fraction}, test_fraction={split.test_fraction}, seed={split.seed}"
+            f"extract.split.val_fraction={split.val_fraction!r}, extract.split.test_fraction={split.test_fraction!r}, "
+            f"extract.split.seed={split.seed!r}"
         )
     counts = np.zeros((len(class_names), len(SPLITS)), dtype=np.int64)
     np.add.at(counts, (labels, [SPLITS.index(name) for name in splits]), 1)

@@ -122,6 +122,15 @@ class Batch:
     errors: tuple[tuple[int, str], ...]  # (position, message) of each path that could not be decoded
 
 
+def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``images`` with zero rows appended up to ``batch_size``, so that a short last batch has the shape of the
+    others: one input shape, one traced model function. The caller keeps only its first ``len(images)`` outputs."""
+    n = len(images)
+    if n >= batch_size:
+        return images
+    return np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), dtype=images.dtype)])
+
+
 def iter_batches(
     paths: Sequence[str | Path],
     size: tuple[int, int],

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
 from pipeline.extraction.dataset import Manifest
+from pipeline.store import FeatureReader
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Source:
     """One earlier features file of the same config, open for reading."""
 
     path: Path
-    file: h5py.File
+    reader: FeatureReader
     train: np.ndarray  # per row: whether it is in the train split (only those rows have augmented views)
 
 
@@ -63,31 +63,28 @@ class Reuse:
         if not path.is_file():
             return False
         try:
-            f = h5py.File(path, "r")
+            reader = FeatureReader(path)
         except OSError as error:
             log.warning("not reusing %s: unreadable (%s)", path, error)
             return False
         why = None
-        if not f.attrs.get("complete", False) or "sha256" not in f or "split_code" not in f:
+        if not reader.copyable():
             why = "incomplete, or written before content hashes were stored"
-        elif f.attrs.get("config_hash") != attrs["config_hash"]:
+        elif (recorded := reader.attrs()).get("config_hash") != attrs["config_hash"]:
             why = "another extraction config"
-        elif json.loads(f.attrs.get("versions", "{}")) != attrs["versions"]:
+        elif recorded.get("versions", {}) != attrs["versions"]:
             why = "other library versions (values could differ in the last bits)"
         if why is not None:
             log.info("not reusing %s: %s", path, why)
-            f.close()
+            reader.close()
             return False
         number = len(self.sources)
-        hashes = f["sha256"][()]
+        hashes = reader.hashes()
         for row in range(len(hashes) - 1, -1, -1):  # the first row of an image seen twice wins
-            key = hashes[row].decode()
+            key = hashes[row]
             if key and self.index.get(key, (number,))[0] == number:
                 self.index[key] = (number, row)
-        names = json.loads(f["split_code"].attrs["names"])
-        codes = f["split_code"][()]
-        train = codes == names.index("train") if "train" in names else np.zeros(len(codes), dtype=bool)
-        self.sources.append(Source(path, f, train))
+        self.sources.append(Source(path, reader, reader.in_split("train")))
         return True
 
     def plan(self, manifest: Manifest, views: bool) -> list[tuple[int, int] | None]:
@@ -103,18 +100,14 @@ class Reuse:
 
     def read(self, source: int, rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Datasets ``names`` (e.g. ``features/x``) at ``rows`` (any order, repeats allowed) of one source."""
-        unique, inverse = np.unique(rows, return_inverse=True)
-        contiguous = unique[-1] - unique[0] + 1 == len(unique)
-        selection = np.s_[unique[0] : unique[-1] + 1] if contiguous else unique
-        f = self.sources[source].file
-        return {name: f[name][selection][inverse] for name in names}
+        return self.sources[source].reader.read(rows, names)
 
     def __enter__(self) -> Reuse:
         return self
 
     def __exit__(self, *exc) -> None:
         for source in self.sources:
-            source.file.close()
+            source.reader.close()
 
 
 def _read_index(folder: Path) -> dict[str, dict]:

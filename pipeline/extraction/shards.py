@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 from dask.base import tokenize
 from distributed import Client, as_completed
 from tqdm import tqdm
@@ -20,16 +19,11 @@ from pipeline.cluster import dask_client
 from pipeline.config import ExtractConfig
 from pipeline.extraction import accelerate
 from pipeline.extraction.dataset import Manifest
-from pipeline.extraction.extract import (
-    Extracted,
-    FeatureModel,
-    load_feature_model,
-    manifest_hash,
-    provenance,
-    resume_key,
-    write_features,
-)
+from pipeline.extraction.model import FeatureModel, load_feature_model
+from pipeline.extraction.provenance import manifest_hash, provenance, resume_key
 from pipeline.extraction.reuse import Reuse
+from pipeline.extraction.write import Extracted, write_features
+from pipeline.store import stored_resume_key
 from pipeline.validation import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -108,10 +102,7 @@ def _feature_model(config: ExtractConfig, compute: accelerate.Compute, config_ha
 
 def is_extracted(shard: Shard) -> bool:
     """Whether ``shard.path`` holds this shard already (files appear there only complete, by atomic rename)."""
-    if not shard.path.is_file():
-        return False
-    with h5py.File(shard.path, "r") as f:
-        return f.attrs.get("resume_key") == shard.key
+    return shard.path.is_file() and stored_resume_key(shard.path) == shard.key
 
 
 def extract_shard(shard: Shard, config: ExtractConfig, compute: accelerate.Compute) -> ShardRun:

@@ -1,8 +1,12 @@
 """Tests for pipeline.classification.classifiers: the registry, hyper-parameter checks and the Keras head as a scikit-learn estimator."""
 
+import logging
+import re
+
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -10,9 +14,13 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.classification.classifiers import (
     ESTIMATORS,
     KerasHeadClassifier,
+    SpatialPool,
     _block_batches,
     build_estimator,
+    encode_labels,
     final_estimator,
+    keras_verbosity,
+    search_prefix,
 )
 from pipeline.config import ClassifierConfig
 from pipeline.store import Split
@@ -161,7 +169,9 @@ def test_keras_head_normalization_keeps_constant_features_finite():
 
 def test_keras_head_rejects_validation_labels_unseen_in_training():
     X, y = blobs()
-    with pytest.raises(ValueError, match=r"labels \[42\] were not seen in fit"):
+    with pytest.raises(ValueError, match=re.escape(
+        "validation_data must hold only the classes the model was trained on, [3, 7, 9]. Received: labels [42]"
+    )):
         KerasHeadClassifier(units=8, epochs=1, verbose=0).fit(X, y, validation_data=(X[:2], np.array([3, 42])))
 
 
@@ -189,3 +199,60 @@ def test_keras_head_after_pooling_and_pca_keeps_its_own_normalization():
     config = ClassifierConfig(name="c", estimator="keras_head", layer="l", pool="avg", pca=4, params={"epochs": 2, "verbose": 0})
     estimator = build_estimator(config, feature_shape=(2, 2, 6))
     assert [name for name, _ in estimator.steps] == ["pool", "pca", "clf"] and estimator[-1].normalize
+
+
+def test_labels_are_encoded_as_positions_in_the_sorted_classes():
+    np.testing.assert_array_equal(encode_labels([9, 3, 7, 9], [3, 7, 9]), [2, 0, 1, 2])
+    with pytest.raises(ConfigError, match=re.escape(
+        "the val split must hold only the classes the model was trained on, [3, 7, 9]. Received: labels [1, 10]"
+    )):
+        encode_labels([10, 3, 1], [3, 7, 9], "the val split")
+
+
+def test_auto_verbosity_is_a_progress_bar_on_a_terminal_only(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert keras_verbosity("auto") == 0 and keras_verbosity(2) == 2
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert keras_verbosity("auto") == 1
+    with pytest.raises(ConfigError, match=re.escape("verbose must be one of [0, 1, 2, 'auto']. Received: verbose='yes'")):
+        keras_verbosity("yes")
+
+
+def test_keras_head_logs_every_epoch(caplog):
+    X, y = blobs()
+    with caplog.at_level(logging.INFO, logger="pipeline.classification.classifiers"):
+        KerasHeadClassifier(units=8, epochs=2, verbose=0).fit(X, y, validation_data=(X, y))
+    lines = [record.getMessage() for record in caplog.records if "epoch" in record.getMessage()]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "loss" in lines[0] and "val_accuracy" in lines[0]
+
+
+def test_keras_head_refuses_bad_input_with_scikit_learns_errors():
+    X, y = blobs()
+    with pytest.raises(NotFittedError):
+        KerasHeadClassifier().predict(X)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        KerasHeadClassifier(epochs=1, verbose=0).fit(X, y + 0.5)
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        KerasHeadClassifier(epochs=1, verbose=0).fit(np.where(X > 8, np.nan, X), y)
+    head = KerasHeadClassifier(units=8, epochs=1, verbose=0).fit(X, y)
+    with pytest.raises(ValueError, match="X has 11 features, but KerasHeadClassifier is expecting 12 features"):
+        head.predict(X[:, 1:])
+    with pytest.raises(ValueError, match="X has 11 features, but KerasHeadClassifier is expecting 12 features"):
+        KerasHeadClassifier(units=8, epochs=1, verbose=0).fit(X, y, validation_data=(X[:, 1:], y))
+
+
+def test_spatial_pool_refuses_partial_maps_and_unknown_modes():
+    with pytest.raises(ConfigError, match=re.escape(
+        "X must hold whole maps of channels=3, a multiple of 3 features per row. Received: 10 features"
+    )):
+        SpatialPool(channels=3).fit(np.zeros((2, 10)))
+    with pytest.raises(ConfigError, match=re.escape("mode must be one of ['avg', 'max']. Received: mode='sum'")):
+        SpatialPool(channels=2, mode="sum").fit(np.zeros((2, 4)))
+
+
+def test_search_space_names_take_the_pipelines_classifier_step():
+    assert search_prefix(build_estimator(ClassifierConfig(name="c", estimator="knn", layer="l"))) == "clf__"
+    assert search_prefix(build_estimator(ClassifierConfig(name="c", estimator="knn", layer="l", scale=False))) == ""

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from pipeline.classification.classifiers import KerasHeadClassifier, build_estimator
-from pipeline.classification.models import load_model, read_metadata, save_model
+from pipeline.classification.models import (
+    FEATURE_KEYS,
+    history_rows,
+    load_model,
+    model_metadata,
+    read_metadata,
+    save_model,
+)
 from pipeline.config import ClassifierConfig
 from pipeline.validation import ConfigError
 
@@ -54,3 +61,24 @@ def test_metadata_is_plain_json(tmp_path):
     save_model(estimator, tmp_path / "svm", {"classifier": "svm", "class_names": ["a", "b"]})
     record = json.loads((tmp_path / "svm" / "model.json").read_text())
     assert record["class_names"] == ["a", "b"] and record["format_version"] == 1
+
+
+def test_history_rows_are_one_row_per_epoch_of_the_known_columns():
+    curves = {"loss": [0.9, 0.5], "val_loss": [1.0, 0.7], "learning_rate": [1e-3, 1e-3]}
+    assert history_rows(curves) == [
+        {"epoch": 1, "loss": 0.9, "val_loss": 1.0}, {"epoch": 2, "loss": 0.5, "val_loss": 0.7},
+    ]
+    assert history_rows({}) == []
+
+
+def test_model_metadata_records_the_layers_and_the_features_provenance(tmp_path):
+    attrs = {key: f"<{key}>" for key in FEATURE_KEYS} | {"class_names": ["a", "b"], "n_rows": 10}
+    metadata = model_metadata(
+        "svm", "linear_svm", {"C": 1.0}, ["x", "y"], tmp_path / "f.h5", attrs, 1.5, 0.75, [], pool="avg"
+    )
+    assert metadata["layer"] == "x+y" and metadata["layers"] == ["x", "y"] and metadata["pool"] == "avg"
+    assert metadata["features"] == {key: f"<{key}>" for key in FEATURE_KEYS}  # provenance keys only
+    assert metadata["class_names"] == ["a", "b"] and metadata["features_file"] == str(tmp_path / "f.h5")
+    estimator = build_estimator(ClassifierConfig(name="svm", estimator="linear_svm", layer="l")).fit(X, y)
+    save_model(estimator, tmp_path / "svm", metadata)
+    assert {k: v for k, v in read_metadata(tmp_path / "svm").items() if k in metadata} == metadata

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.extraction.backbone import load_backbone, weights_fingerprint
+from pipeline.extraction.backbone import load_backbone, preprocessor, weights_fingerprint
 from pipeline.extraction.hashing import file_sha256
 from pipeline.extraction.weights import SOURCE, WeightsError
 from pipeline.validation import ConfigError
@@ -89,7 +89,7 @@ def test_local_weights_file_reproduces_the_backbone(tmp_path, mobilenet, probe_b
 
 def test_missing_weights_file_is_named(tmp_path):
     missing = tmp_path / "nowhere.weights.h5"
-    with pytest.raises(ConfigError, match=re.escape(f"Received: weights={str(missing)!r}")):
+    with pytest.raises(ConfigError, match=re.escape(f"Received: extract.weights={str(missing)!r}")):
         load_backbone("mobilenet", str(missing), SMALL)
 
 
@@ -154,6 +154,13 @@ def test_a_users_keras_file_is_a_backbone(tmp_path):
     np.testing.assert_allclose(backbone.preprocess(np.full((1, 2), 255.0)), 1.0)
     outputs = backbone.feature_model(["conv", "gap"]).predict_on_batch(np.zeros((2, 32, 32, 3), np.float32))
     assert [o.shape for o in outputs] == [(2, 30, 30, 4), (2, 4)]
+
+
+def test_the_preprocessor_is_the_backbones_own_without_building_it(mobilenet):
+    x = np.linspace(0, 255, 24, dtype=np.float32).reshape(2, 2, 2, 3)
+    np.testing.assert_array_equal(preprocessor("mobilenet")(x.copy()), mobilenet.preprocess(x.copy()))
+    np.testing.assert_array_equal(preprocessor("mine.keras", "none")(x), x)
+    np.testing.assert_allclose(preprocessor("mine.keras", "tf")(x.copy()), x / 127.5 - 1, rtol=1e-6)
 
 
 def test_a_keras_file_needs_its_preprocessing_and_no_imagenet(tmp_path):

@@ -250,7 +250,9 @@ def test_a_source_with_no_image_in_train_is_refused_naming_it_and_the_fractions(
     )
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         read_folder(root, config)
-    assert str(error.value).endswith("Received: val_fraction=0.45, test_fraction=0.45, seed=0")
+    assert str(error.value).endswith(
+        "Received: extract.split.val_fraction=0.45, extract.split.test_fraction=0.45, extract.split.seed=0"
+    )
 
 
 def test_class_folder_symlink_escaping_the_root_is_refused(tmp_path):

@@ -26,8 +26,10 @@ from pipeline.config import AugmentConfig, ExtractConfig, LayerSpec, PrepareConf
 from pipeline.extraction import extract
 from pipeline.extraction.accelerate import Compute
 from pipeline.extraction.dataset import Manifest, read_images
-from pipeline.extraction.extract import extract_features, pool, provenance, skipped_report_path
+from pipeline.extraction.extract import extract_features, skipped_report_path
 from pipeline.extraction.images import ImageDecodeError
+from pipeline.extraction.model import pool
+from pipeline.extraction.provenance import provenance
 from pipeline.extraction.weights import SOURCE
 from pipeline.prepare import prepare_digits
 from pipeline.validation import ConfigError, UserError
@@ -273,6 +275,7 @@ def uninterrupted(many_digits, cli_params, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_and_equals_an_uninterrupted_run(many_digits, cli_params, uninterrupted, tmp_path):
     out = tmp_path / "resumed.h5"
     cli_extract(many_digits, out, cli_params, at=600, then=kill, status=-signal.SIGKILL)
@@ -284,6 +287,7 @@ def test_killed_extraction_resumes_and_equals_an_uninterrupted_run(many_digits, 
     assert out.read_bytes() == uninterrupted.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_changed_config_discards_the_partial_work(many_digits, cli_params, tmp_path, caplog):
     out = tmp_path / "f.h5"
     cli_extract(many_digits, out, cli_params, at=100, then=kill, status=-signal.SIGKILL)
@@ -365,6 +369,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(folder)], check=True)
 
 
+@pytest.mark.slow
 def test_a_disk_without_room_for_the_file_is_refused_before_the_first_batch(many_digits, cli_params, small_disk):
     disk = small_disk("256k")
     out = disk / "features.h5"
@@ -378,6 +383,7 @@ def test_a_disk_without_room_for_the_file_is_refused_before_the_first_batch(many
     assert list(disk.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_stops_the_run_and_the_same_command_resumes(
     many_digits, cli_params, uninterrupted, small_disk
 ):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.extraction.images import RESAMPLING, Batch, ImageDecodeError, decode_image, iter_batches
+from pipeline.extraction.images import RESAMPLING, Batch, ImageDecodeError, decode_image, iter_batches, pad_batch
 from pipeline.validation import ConfigError
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -407,3 +407,12 @@ def test_iter_batches_decodes_exactly_prefetch_batches_ahead(tmp_path, prefetch)
         time.sleep(0.02)  # time for any decode submitted too early to start
         assert opened == set(range(ahead)), f"while holding batch {k}"
         assert first_values(batch) == list(range(batch.start, batch.stop))
+
+
+def test_a_short_batch_is_padded_with_zero_rows_and_a_full_one_kept():
+    images = np.full((2, 3, 3, 3), 7, dtype=np.uint8)
+    padded = pad_batch(images, 5)
+    assert padded.shape == (5, 3, 3, 3) and padded.dtype == np.uint8
+    np.testing.assert_array_equal(padded[:2], images)
+    assert not padded[2:].any()
+    assert pad_batch(images, 2) is images

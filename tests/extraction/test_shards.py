@@ -23,10 +23,12 @@ from synthetic import assert_same_contents, contents
 
 from pipeline.atomic import temporary_sibling
 from pipeline.config import ExtractConfig, LayerSpec
-from pipeline.extraction import accelerate, extract
+from pipeline.extraction import accelerate, write
 from pipeline.extraction.dataset import read_images
 from pipeline.extraction.extract import extract_features, skipped_report_path
 from pipeline.extraction.shards import extract_shard, plan_shards, shard_folder
+
+pytestmark = pytest.mark.slow  # a real Dask LocalCluster in every test
 
 BROKEN = (10, 17, 22)  # positions of the files that are not images in the damaged manifest (43 rows, shards of 8)
 
@@ -139,7 +141,7 @@ def test_a_rerun_extracts_only_the_shards_a_dead_cluster_left_missing(damaged, s
 
 def test_a_cluster_run_continues_an_interrupted_file_mid_shard(damaged, single, scheduler, tmp_path, monkeypatch, caplog):
     out = tmp_path / "features.h5"
-    batches = extract.iter_batches
+    batches = write.iter_batches
 
     def stopped_at_20(*args, **kwargs):  # the single-process run is interrupted (Ctrl-C) when it reaches image 20
         for batch in batches(*args, **kwargs):
@@ -147,7 +149,7 @@ def test_a_cluster_run_continues_an_interrupted_file_mid_shard(damaged, single, 
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(extract, "iter_batches", stopped_at_20)
+    monkeypatch.setattr(write, "iter_batches", stopped_at_20)
     with pytest.raises(KeyboardInterrupt):
         extract_features(damaged, small_config(), out)
     monkeypatch.undo()
