@@ -138,16 +138,17 @@ def build_model(
     if trainable_from is not None:
         if trainable_from not in names:
             raise ConfigError(
-                f"{where}.trainable_from {trainable_from!r} is not a layer of {backbone.name} up to {layer}"
+                f"{where}.trainable_from must be a layer of {backbone.name} up to {layer}"
                 f"{did_you_mean(trainable_from, names) or '.'} "
-                f"Layers from the last: {', '.join(reversed(names[-12:]))}, ..."
+                f"Layers from the last: {', '.join(reversed(names[-12:]))}, ... "
+                f"Received: {where}.trainable_from={trainable_from!r}"
             )
         first = names.index(trainable_from)
     else:
         if trainable_layers > len(names):
             raise ConfigError(
                 f"{where}.trainable_layers must be at most {len(names)}, the layers of {backbone.name} up to {layer}. "
-                f"Received: trainable_layers={trainable_layers}"
+                f"Received: {where}.trainable_layers={trainable_layers}"
             )
         first = len(names) - trainable_layers
     for index, item in enumerate(cut.layers[1:]):

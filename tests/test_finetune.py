@@ -223,12 +223,12 @@ def test_trainable_layers_counts_from_the_end(backbone, head):
 def test_bad_trainable_settings_name_the_parameter(backbone, head):
     trained, _ = load_head(head, LAYER)
     with pytest.raises(ConfigError, match=re.escape(
-        "finetune.top.trainable_from 'conv_dw_6' is not a layer of mobilenet up to conv_pw_5_relu; did you mean"
+        "finetune.top.trainable_from must be a layer of mobilenet up to conv_pw_5_relu; did you mean"
     )):
         build_model(backbone, LAYER, "avg", trained, trainable_from="conv_dw_6", name="top")
     with pytest.raises(ConfigError, match=re.escape(
         "finetune.top.trainable_layers must be at most 35, the layers of mobilenet up to conv_pw_5_relu. "
-        "Received: trainable_layers=36"
+        "Received: finetune.top.trainable_layers=36"
     )):
         build_model(backbone, LAYER, "avg", trained, trainable_layers=36, name="top")
     with pytest.raises(ConfigError, match=r"finetune.top: conv_pw_5_relu with pooling 'none' gives 16384 features, "

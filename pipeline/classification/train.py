@@ -138,7 +138,8 @@ def train_classifier(
         if config.augmented:
             raise ConfigError(
                 f"classifiers.{config.name}.augmented trains in memory only, and this classifier trains out of core "
-                f"({reason}): set augmented: false, or out_of_core: false with a larger train.memory_budget"
+                f"({reason}): set augmented: false, or out_of_core: false with a larger train.memory_budget. "
+                f"Received: classifiers.{config.name}.augmented=True"
             )
         check_streaming(config, reason)
         estimator = fit_out_of_core(

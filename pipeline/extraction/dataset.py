@@ -304,7 +304,7 @@ def read_csv(path: str | Path, image_root: str | Path | None = None, split: Spli
         raise ConfigError(f"CSV manifest not found: {path}")
     root = path.parent if image_root is None else Path(image_root)
     if not root.is_dir():
-        raise ConfigError(f"image_root of {path} must be an existing folder. Received: image_root={str(root)!r}")
+        raise ConfigError(f"data.image_root of {path} must be an existing folder. Received: data.image_root={str(root)!r}")
     columns, rows = _csv_rows(path)
     _check_header(path, columns)
     if not rows:
@@ -367,13 +367,13 @@ def _read_source(source: Path, image_root: str | Path | None, split: SplitConfig
     if source.suffix.lower() == ".csv" and not source.is_dir():
         return read_csv(source, image_root, split)
     if source.is_file():
-        raise ConfigError(f"an image source must be a folder or a .csv file. Received: source={str(source)!r}")
+        raise ConfigError(f"data.images must be a folder or a .csv file. Received: data.images={str(source)!r}")
     if not source.is_dir():
         raise ConfigError(f"image folder not found: {source}")
     if image_root is not None:
         raise ConfigError(
-            f"image_root applies to a .csv source only; the folder {source} is its own image root. "
-            f"Received: image_root={str(image_root)!r}"
+            f"data.image_root must be null for a folder source (it applies to a .csv source only; the folder {source} "
+            f"is its own image root). Received: data.image_root={str(image_root)!r}"
         )
     if any((source / name).is_dir() for name in SPLITS):
         return read_split_folders(source)  # with val/ or test/ but no train/, it says train/ is missing

@@ -287,13 +287,13 @@ def test_missing_source_and_non_csv_file_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"CSV manifest not found: {tmp_path / 'nope.csv'}")):
         read_images(tmp_path / "nope.csv")
     make_tree(tmp_path, "list.txt")
-    with pytest.raises(ConfigError, match=re.escape("must be a folder or a .csv file. Received: source=")):
+    with pytest.raises(ConfigError, match=re.escape("data.images must be a folder or a .csv file. Received: data.images=")):
         read_images(tmp_path / "list.txt")
 
 
 def test_image_root_with_a_folder_source_is_refused(tmp_path):
     root = class_tree(tmp_path / "images", {"a": 5})
-    with pytest.raises(ConfigError, match=re.escape("image_root applies to a .csv source only")):
+    with pytest.raises(ConfigError, match=re.escape("data.image_root must be null for a folder source (it applies to a .csv source only")):
         read_images(root, image_root=tmp_path)
 
 
