@@ -31,7 +31,7 @@ from pipeline.extraction.backbone import Backbone, load_backbone, preprocessor
 from pipeline.extraction.hashing import hash_files
 from pipeline.extraction.images import decode_image, iter_batches, pad_batch
 from pipeline.store import row_images
-from pipeline.validation import ConfigError, did_you_mean
+from pipeline.validation import ConfigError, did_you_mean, invalid
 
 log = logging.getLogger(__name__)
 
@@ -131,18 +131,14 @@ def build_model(
     import keras
 
     where = f"finetune.{name}"
-    backbone.check_layers([layer])
+    backbone.check_layers([layer], f"{where}.layer")
     cut = keras.Model(backbone.model.inputs, backbone.model.get_layer(layer).output, name=BACKBONE)
     cut.trainable = True  # load_backbone froze it all; now freeze per layer
     names = [item.name for item in cut.layers[1:]]  # without the input layer
     if trainable_from is not None:
         if trainable_from not in names:
-            raise ConfigError(
-                f"{where}.trainable_from must be a layer of {backbone.name} up to {layer}"
-                f"{did_you_mean(trainable_from, names) or '.'} "
-                f"Layers from the last: {', '.join(reversed(names[-12:]))}, ... "
-                f"Received: {where}.trainable_from={trainable_from!r}"
-            )
+            what = f"a layer of {backbone.name} up to {layer} (from the last: {', '.join(reversed(names[-12:]))}, ...)"
+            raise invalid(f"{where}.trainable_from", trainable_from, what, did_you_mean(trainable_from, names))
         first = names.index(trainable_from)
     else:
         if trainable_layers > len(names):

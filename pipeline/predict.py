@@ -239,10 +239,7 @@ def feature_model(model_dir: Path, backbone: Backbone, specs: Sequence[LayerSpec
     layers = [spec.name for spec in specs if spec.name != PIXELS]
     if not layers:
         return None
-    try:
-        return backbone.feature_model(layers)
-    except ConfigError as error:
-        raise ConfigError(f"model {model_dir} needs {error}") from error
+    return backbone.feature_model(layers, key=f"the layers of {model_dir / 'model.json'}")
 
 
 def check_width(model_dir: Path, estimator: Any, specs: Sequence[LayerSpec], model, pixels: int | None) -> None:

@@ -16,10 +16,11 @@ class ConfigError(UserError, ValueError):
     """A user-supplied parameter or input is invalid; the message says which and why."""
 
 
-def invalid(name: str, value: Any, what: str) -> ConfigError:
+def invalid(name: str, value: Any, what: str, hint: str = "") -> ConfigError:
     """The one form of every parameter error, as Keras and scikit-learn write theirs:
-    ``<name> must be <what>. Received: <name>=<value!r>``; ``name`` is the key as the user wrote it (its full path)."""
-    return ConfigError(f"{name} must be {what}. Received: {name}={value!r}")
+    ``<name> must be <what>. Received: <name>=<value!r>``; ``name`` is the key as the user wrote it (its full path),
+    ``hint`` follows (`` Did you mean 'x'?``)."""
+    return ConfigError(f"{name} must be {what}. Received: {name}={value!r}{hint}")
 
 
 def check_one_of(name: str, value: Any, allowed: Collection[Any]) -> Any:
@@ -91,13 +92,11 @@ def check_keys(section: str, mapping: Any, allowed: Collection[str], required: C
     check_mapping(section, mapping)
     for key in mapping:
         if key not in allowed:
-            raise ConfigError(
-                f"unknown key {section}.{key}{did_you_mean(key, allowed) or '.'} "
-                f"Keys of {section} must be one of {sorted(allowed)}."
-            )
+            what = f"a key of {section}, one of {sorted(allowed)}"
+            raise invalid(f"{section}.{key}", mapping[key], what, did_you_mean(key, allowed))
     missing = [key for key in required if key not in mapping]
     if missing:
-        raise ConfigError(f"{section} is missing required key(s) {missing}.")
+        raise invalid(section, dict(mapping), f"a mapping with the required key(s) {missing}")
     return mapping
 
 
@@ -155,7 +154,7 @@ def check_cluster(name: str, cluster: Any) -> str | None:
 
 
 def did_you_mean(word: str, candidates: Collection[str]) -> str:
-    """Return "; did you mean 'x'?" for the closest candidate, or an empty string when none is close."""
+    """Return " Did you mean 'x'?" for the closest candidate, or an empty string when none is close."""
     by_lower = {str(c).lower(): str(c) for c in candidates}
     close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
-    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+    return f" Did you mean {by_lower[close[0]]!r}?" if close else ""

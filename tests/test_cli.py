@@ -223,7 +223,9 @@ def test_unknown_and_invalid_values_are_the_configs_errors(outside, capsys):
     )):
         settings("--on-error", "ignore", "--layers", "conv_pw_7_relu")
     params = write_params(outside / "params.yaml", {"extract": {"augment_view": 2}})
-    with pytest.raises(ConfigError, match=re.escape("unknown key extract.augment_view; did you mean 'augment_views'?")):
+    with pytest.raises(ConfigError, match=re.escape(
+        "extract.augment_view must be a key of extract, one of ["
+    ) + r".*\. Received: extract.augment_view=2 Did you mean 'augment_views'\?$"):
         settings("--params", params)
     with pytest.raises(SystemExit) as exit_:
         parse("--layers", "[conv_pw_7_relu")

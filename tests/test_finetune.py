@@ -223,8 +223,8 @@ def test_trainable_layers_counts_from_the_end(backbone, head):
 def test_bad_trainable_settings_name_the_parameter(backbone, head):
     trained, _ = load_head(head, LAYER)
     with pytest.raises(ConfigError, match=re.escape(
-        "finetune.top.trainable_from must be a layer of mobilenet up to conv_pw_5_relu; did you mean"
-    )):
+        "finetune.top.trainable_from must be a layer of mobilenet up to conv_pw_5_relu (from the last: conv_pw_5_relu, "
+    ) + r".*Received: finetune.top.trainable_from='conv_dw_6' Did you mean 'conv_dw_\d'\?$"):
         build_model(backbone, LAYER, "avg", trained, trainable_from="conv_dw_6", name="top")
     with pytest.raises(ConfigError, match=re.escape(
         "finetune.top.trainable_layers must be at most 35, the layers of mobilenet up to conv_pw_5_relu. "

@@ -221,7 +221,7 @@ def test_refuses_a_layer_the_backbone_lacks(lr_model, tmp_path, stored):
         metadata["layers"] = ["conv_pw_99_relu"]
 
     copy = edited_copy(lr_model, tmp_path, rename)
-    with pytest.raises(ConfigError, match=r"model .* needs layer 'conv_pw_99_relu' not found in mobilenet"):
+    with pytest.raises(ConfigError, match=r"^the layers of .*model\.json must be layer names of mobilenet .*'conv_pw_99_relu' is not one"):
         predict_images(copy, stored[0][:1])
 
 

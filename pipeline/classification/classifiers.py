@@ -9,6 +9,7 @@ import math
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
@@ -24,7 +25,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pipeline.config import ClassifierConfig
-from pipeline.validation import ConfigError, check_int, check_one_of, did_you_mean
+from pipeline.validation import ConfigError, check_int, check_one_of, did_you_mean, invalid
 
 log = logging.getLogger(__name__)
 
@@ -301,15 +302,14 @@ def final_estimator(estimator: BaseEstimator) -> BaseEstimator:
     return estimator[-1] if isinstance(estimator, Pipeline) else estimator
 
 
-def check_hyper_parameters(section: str, name: str, keys, estimator: BaseEstimator) -> None:
-    """Every key must be a hyper-parameter of ``estimator``; the error lists the valid ones."""
+def check_hyper_parameters(section: str, name: str, params: Mapping[str, Any], estimator: BaseEstimator) -> None:
+    """Every key of ``params`` (the mapping at ``section``) must be a hyper-parameter of ``estimator``; the error
+    lists the valid ones."""
     valid = sorted(estimator.get_params(deep=False))
-    for key in keys:
+    for key, value in params.items():
         if key not in valid:
-            raise ConfigError(
-                f"unknown hyper-parameter {section}.{key} for {name}{did_you_mean(key, valid) or '.'} "
-                f"Valid hyper-parameters: {valid}"
-            )
+            what = f"a hyper-parameter of {name}, one of {valid}"
+            raise invalid(f"{section}.{key}", value, what, did_you_mean(key, valid))
 
 
 def search_prefix(estimator: BaseEstimator) -> str:

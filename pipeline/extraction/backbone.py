@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.config import PREPROCESSING_MODES
 from pipeline.extraction import weights as offline
 from pipeline.extraction.hashing import file_sha256
-from pipeline.validation import ConfigError, check_one_of, did_you_mean
+from pipeline.validation import ConfigError, check_one_of, did_you_mean, invalid
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +77,20 @@ class Backbone:
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.model.layers]
 
-    def check_layers(self, names: Sequence[str]) -> None:
-        """Raise a ConfigError for the first name that is not a layer of this backbone."""
+    def check_layers(self, names: Sequence[str], key: str) -> None:
+        """Raise a ConfigError, under the parameter ``key`` that gave ``names``, if one is not a layer of this backbone."""
         valid = self.layer_names
         for name in names:
             if name not in valid:
-                raise ConfigError(
-                    f"layer {name!r} not found in {self.name}{did_you_mean(name, valid) or '.'} "
-                    f"Valid layers: {', '.join(valid)}"
-                )
+                what = f"layer names of {self.name} (valid: {', '.join(valid)}); {name!r} is not one"
+                raise invalid(key, list(names), what, did_you_mean(name, valid))
 
-    def feature_model(self, names: Sequence[str]):
-        """One model with an output per named layer, so every layer comes from a single forward pass."""
+    def feature_model(self, names: Sequence[str], key: str = "extract.layers"):
+        """One model with an output per named layer, so every layer comes from a single forward pass; ``key`` is the
+        parameter that named them, for the error on an unknown one."""
         import keras
 
-        self.check_layers(names)
+        self.check_layers(names, key)
         outputs = [self.model.get_layer(name).output for name in names]
         return keras.Model(self.model.inputs, outputs, name=f"{self.name}_features")
 
@@ -191,7 +190,7 @@ def load_backbone(
     arch = ARCHITECTURES[check_one_of("extract.backbone", name, ARCHITECTURES)]
     size = tuple(input_size) if input_size else (arch.native_size, arch.native_size)
     if include_top and size != (arch.native_size, arch.native_size):
-        raise ConfigError(f"include_top needs the native input size {arch.native_size}. Received: {size}")
+        raise invalid("extract.input_size", list(size), f"[{arch.native_size}, {arch.native_size}] (include_top needs the native input size)")
 
     def constructor(weights):
         return architecture(name, size, include_top, weights)

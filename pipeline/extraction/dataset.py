@@ -276,8 +276,8 @@ def _check_header(path: Path, columns: list[str]) -> None:
     for column in columns:
         if column not in CSV_COLUMNS:
             raise ConfigError(
-                f"{path}: unknown column {column!r} in the header (line 1){did_you_mean(column, CSV_COLUMNS) or '.'} "
-                f"Columns must be among {list(CSV_COLUMNS)}. Received: {columns}"
+                f"{path}: unknown column {column!r} in the header (line 1). Columns must be among {list(CSV_COLUMNS)}. "
+                f"Received: {columns}.{did_you_mean(column, CSV_COLUMNS)}"
             )
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:

@@ -69,7 +69,10 @@ def test_unknown_estimator_lists_the_allowed_names():
 
 def test_unknown_hyper_parameter_lists_the_valid_ones():
     config = ClassifierConfig(name="svm", estimator="linear_svm", layer="l", params={"c": 1.0})
-    with pytest.raises(ConfigError, match=r"unknown hyper-parameter classifiers.svm.params.c for linear_svm; did you mean 'C'\?.*Valid hyper-parameters: \[.*'C'"):
+    with pytest.raises(ConfigError, match=(
+        r"^classifiers.svm.params.c must be a hyper-parameter of linear_svm, one of \[.*'C'.*\]. "
+        r"Received: classifiers.svm.params.c=1.0 Did you mean 'C'\?$"
+    )):
         build_estimator(config)
 
 

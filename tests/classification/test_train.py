@@ -135,7 +135,10 @@ def test_search_space_keys_are_checked_before_reading_features(tmp_path):
     config = ClassifierConfig.from_params({"s": {
         "estimator": "linear_svm", "search": {"space": {"c": [1, 2]}},
     }}, "s", "l")
-    with pytest.raises(ConfigError, match=r"unknown hyper-parameter classifiers.s.search.space.c for linear_svm; did you mean 'C'\?"):
+    with pytest.raises(ConfigError, match=(
+        r"^classifiers.s.search.space.c must be a hyper-parameter of linear_svm, one of \[.*\]. "
+        r"Received: classifiers.s.search.space.c=\[1, 2\] Did you mean 'C'\?$"
+    )):
         train_classifier(tmp_path / "absent.h5", config, tmp_path / "s")
 
 

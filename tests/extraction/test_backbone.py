@@ -36,15 +36,18 @@ def test_unknown_backbone_lists_allowed_names():
 
 def test_unknown_layer_suggests_the_closest_and_lists_valid_layers(mobilenet):
     pattern = (
-        r"^layer 'conv_pw_13_rellu' not found in mobilenet; did you mean 'conv_pw_13_relu'\? "
-        r"Valid layers: input_layer(_\d+)?, conv1, conv1_bn, conv1_relu, .*, conv_pw_13_relu$"
+        r"^extract.layers must be layer names of mobilenet "
+        r"\(valid: input_layer(_\d+)?, conv1, conv1_bn, conv1_relu, .*, conv_pw_13_relu\); 'conv_pw_13_rellu' is not one. "
+        r"Received: extract.layers=\['conv_pw_5_relu', 'conv_pw_13_rellu'\] Did you mean 'conv_pw_13_relu'\?$"
     )
     with pytest.raises(ConfigError, match=pattern):
         mobilenet.feature_model(["conv_pw_5_relu", "conv_pw_13_rellu"])
 
 
 def test_include_top_needs_native_size():
-    with pytest.raises(ConfigError, match=r"include_top needs the native input size 224\. Received: \(64, 64\)"):
+    with pytest.raises(ConfigError, match=re.escape(
+        "extract.input_size must be [224, 224] (include_top needs the native input size). Received: extract.input_size=[64, 64]"
+    )):
         load_backbone("mobilenet", None, SMALL, include_top=True)
 
 

@@ -474,8 +474,8 @@ def test_csv_unknown_column_lists_the_allowed_columns(tmp_path):
     make_tree(tmp_path, "a.png")
     source = write_csv(tmp_path / "m.csv", "filename,labels", "a.png,cat")
     message = (
-        "unknown column 'labels' in the header (line 1); did you mean 'label'? "
-        "Columns must be among ['filename', 'label', 'split']"
+        "unknown column 'labels' in the header (line 1). Columns must be among ['filename', 'label', 'split']. "
+        "Received: ['filename', 'labels']. Did you mean 'label'?"
     )
     with pytest.raises(ConfigError, match=re.escape(message)):
         read_images(source)

@@ -179,7 +179,10 @@ def make_manifest(root, digits_dir, manifest, n_good: int, broken: str | None) -
 def test_unknown_layer_fails_before_reading_images(tmp_path, digits_dir, manifest):
     bad = make_manifest(tmp_path / "images", digits_dir, manifest, 0, "train/0/not_an_image.png")
     out = tmp_path / "features.h5"
-    pattern = r"^layer 'conv_pw_13_rellu' not found in mobilenet; did you mean 'conv_pw_13_relu'\?"
+    pattern = (
+        r"^extract.layers must be layer names of mobilenet \(valid: .*\); 'conv_pw_13_rellu' is not one. "
+        r"Received: extract.layers=\['conv_pw_13_rellu'\] Did you mean 'conv_pw_13_relu'\?$"
+    )
     with pytest.raises(ConfigError, match=pattern):
         extract_features(bad, small_config("conv_pw_13_rellu"), out)
     assert not out.exists()
