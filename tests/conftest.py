@@ -22,6 +22,15 @@ LAYERS = {"conv_pw_5_relu": {"pooling": "avg"}, "conv_pw_13_relu": {"pooling": "
 PIXELS = 8  # the raw-pixel baseline: 8x8 RGB
 
 
+# The real `dvc repro` files take minutes each, most of the suite's time: collected first, they start at once on
+# the parallel workers, and the short files fill in around them (pyproject.toml: --no-loadscope-reorder).
+LONGEST_FIRST = ("test_dvc_pipeline.py", "test_dvc_own_images.py", "test_dvc_team.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else 3)
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     """100 real digits (10 per class) as 16x16 RGB PNGs in train/val/test class folders."""
