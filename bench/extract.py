@@ -1,5 +1,7 @@
 """Benchmark extraction: pipeline speed vs compute-only, peak RSS vs image count, the seed articles' approaches, and
-an incremental re-run (1% new images) against a full re-run."""
+an incremental re-run (1% new images) against a full re-run; on synthetic 320x240 JPEGs or on camera-sized photos
+(``--corpus camera --megapixels 12``). With two or more sizes every method's rate is also taken beyond its fixed
+cost: (largest - smallest images) / (their seconds' difference)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,12 @@ JPEG_QUALITY = 90
 SPEED_TARGET = 0.9  # end-to-end / compute-only images/s, at the largest size
 MEMORY_TARGET = 10.0  # % growth of the pipeline's peak RSS from the smallest to the largest size
 OVERHEAD_TARGET = 5.0  # % of a cluster run's wall time outside the workers' shard phase, at the largest size
+CAMERA_QUALITY = 92  # camera and phone JPEGs
 METHODS = {
     "compute": "compute-only (predict_on_batch, in-memory batch)",
-    "pipeline": "pipeline (run_extraction -> HDF5)",
+    "pipeline": "pipeline (run_extraction -> HDF5), decode fast",
+    "pipeline_exact": "pipeline, decode exact (every image decoded whole)",
+    "reader": "the pipeline's reader alone (decode fast, all cores, no model): the decode ceiling",
     "load_img": "anchor a: load_img list + model.predict",
     "dataset": "anchor b: image_dataset_from_directory + model.predict",
     "cluster": "pipeline on a Dask LocalCluster of 2 workers (8 shards, merged)",
@@ -59,6 +64,11 @@ PARTS = ("methods", "incremental")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=positive, nargs="+", default=[1000, 10000], help="image counts to run")
+    parser.add_argument("--corpus", choices=("synthetic", "camera"), default="synthetic",
+                        help="synthetic 320x240 JPEGs, or camera-sized ones made from scikit-image's and "
+                             "scikit-learn's real photos (cropped, flipped and brightened: every file differs)")
+    parser.add_argument("--megapixels", type=float, default=12.0, help="size of the camera corpus's JPEGs (4:3)")
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="the methods to run (default: all)")
     parser.add_argument(
         "--only", choices=PARTS, help="run one part: the methods table, or the incremental re-run on the largest size"
     )
@@ -92,8 +102,13 @@ def since(start: tuple[float, float]) -> dict:
     return {"seconds": wall - start[0], "cpu_seconds": cpu - start[1]}
 
 
-def image_dir(workdir: Path, n: int, first: int = 0) -> Path:
-    return workdir / (f"images-{n}" if first == 0 else f"images-{n}-from-{first}")
+def corpus_tag(args: argparse.Namespace) -> str:
+    """What the image folders' names start with: nothing for the synthetic corpus (as before it had a choice)."""
+    return "" if args.corpus == "synthetic" else f"camera-{args.megapixels:g}mp-"
+
+
+def image_dir(workdir: Path, n: int, first: int = 0, tag: str = "") -> Path:
+    return workdir / (f"{tag}images-{n}" if first == 0 else f"{tag}images-{n}-from-{first}")
 
 
 def synthetic_image(rng: np.random.Generator) -> Image.Image:
@@ -120,18 +135,48 @@ def synthetic_image(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
-def ensure_images(workdir: Path, n: int, first: int = 0) -> Path:
-    """``n`` seeded JPEGs, images ``first`` to ``first + n - 1``, in a flat folder of ``workdir``, generated once and
-    reused (a marker file says done). Each image has its own seed, so folders with other ``first`` share none."""
-    folder = image_dir(workdir, n, first)
+def real_photos() -> list[np.ndarray]:
+    """The real photos scikit-image and scikit-learn ship (RGB, 300 to 640 pixels a side)."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    names = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+    return [getattr(data, name)()[..., :3] for name in names] + list(load_sample_images().images)
+
+
+def camera_image(rng: np.random.Generator, photos: list[np.ndarray], megapixels: float) -> Image.Image:
+    """A 4:3 camera-sized photo: a random crop (70-100% of each side) of one of ``photos``, maybe mirrored, its
+    brightness scaled by 0.8-1.2, resized (bicubic) to ``megapixels``."""
+    photo = photos[rng.integers(len(photos))]
+    height, width = photo.shape[:2]
+    crop_h, crop_w = (int(side * rng.uniform(0.7, 1.0)) for side in (height, width))
+    top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+    crop = photo[top : top + crop_h, left : left + crop_w]
+    crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+    crop = np.clip(crop * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
+    out_w = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+    return Image.fromarray(crop).resize((out_w, round(out_w * 3 / 4)), Image.Resampling.BICUBIC)
+
+
+def ensure_images(args: argparse.Namespace, n: int, first: int = 0) -> Path:
+    """``n`` seeded JPEGs of ``args.corpus``, images ``first`` to ``first + n - 1``, in a flat folder of
+    ``args.workdir``, generated once and reused (a marker file says done). Each image has its own seed, so folders
+    with other ``first`` share none."""
+    folder = image_dir(args.workdir, n, first, corpus_tag(args))
     marker, done = folder / ".complete", f"{n} {SEED}" + (f" from {first}" if first else "")
     if marker.is_file() and marker.read_text() == done:
         log.info("reusing %d images in %s", n, folder)
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    log.info("generating %d %dx%d JPEGs (quality %d) in %s", n, *IMAGE_SIZE, JPEG_QUALITY, folder)
+    photos = real_photos() if args.corpus == "camera" else None
+    what = f"{args.megapixels:g} MP camera" if photos else f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} synthetic"
+    log.info("generating %d %s JPEGs in %s", n, what, folder)
     for i in range(first, first + n):
-        synthetic_image(np.random.default_rng([SEED, i])).save(folder / f"img_{i:06d}.jpg", quality=JPEG_QUALITY)
+        rng = np.random.default_rng([SEED, i])
+        if photos:
+            camera_image(rng, photos, args.megapixels).save(folder / f"img_{i:06d}.jpg", quality=CAMERA_QUALITY)
+        else:
+            synthetic_image(rng).save(folder / f"img_{i:06d}.jpg", quality=JPEG_QUALITY)
     marker.write_text(done)
     return folder
 
@@ -206,11 +251,30 @@ def measure_pipeline(config: ExtractConfig, folder: Path, n: int) -> dict:
     hashing included; no earlier output to reuse)."""
     from pipeline.extraction.extract import run_extraction
 
-    out = folder.parent / f"features-{n}.h5"
+    out = folder.parent / f"features-{folder.name}-{config.decode}.h5"
     fresh_output(out)
     started = clock()
     run_extraction(folder, out, config)
     return {"images": n, **since(started), "output": str(out)}
+
+
+def measure_pipeline_exact(config: ExtractConfig, folder: Path, n: int) -> dict:
+    """The whole stage with every image decoded whole (``decode: exact``, bit parity with keras.utils.load_img)."""
+    import dataclasses
+
+    return measure_pipeline(dataclasses.replace(config, decode="exact"), folder, n)
+
+
+def measure_reader(config: ExtractConfig, folder: Path, n: int) -> dict:
+    """The pipeline's batch reader alone, as extraction runs it (decode threads on every core), without a model."""
+    from pipeline.extraction.images import iter_batches
+
+    started = clock()
+    decoded = 0
+    for batch in iter_batches(image_paths(folder), tuple(config.input_size), config.interpolation, config.decode,
+                              config.batch_size, on_error="fail"):
+        decoded += len(batch.images)
+    return {"images": decoded, **since(started)}
 
 
 class LogMarks(logging.Handler):
@@ -319,7 +383,8 @@ def measure_full_rerun(config: ExtractConfig, folder: Path, n: int) -> dict:
 
 
 MEASURES = {
-    "compute": measure_compute, "pipeline": measure_pipeline, "load_img": measure_load_img, "dataset": measure_dataset,
+    "compute": measure_compute, "pipeline": measure_pipeline, "pipeline_exact": measure_pipeline_exact,
+    "reader": measure_reader, "load_img": measure_load_img, "dataset": measure_dataset,
     "cluster": measure_cluster, "first": measure_reused, "added": measure_reused, "unchanged": measure_reused,
     "full": measure_full_rerun,
 }
@@ -330,7 +395,7 @@ def measure(args: argparse.Namespace) -> None:
     import keras  # noqa: F401  imported before any timer starts, so no method pays for it
 
     config = extract_config(args)
-    result = MEASURES[args.measure](config, image_dir(args.workdir, args.n), args.n)
+    result = MEASURES[args.measure](config, image_dir(args.workdir, args.n, tag=corpus_tag(args)), args.n)
     result.update(
         method=args.measure, size=args.n, images_per_s=result["images"] / result["seconds"],
         cpu_ms_per_image=1000 * result["cpu_seconds"] / result["images"],
@@ -344,7 +409,7 @@ def child_command(args: argparse.Namespace, kind: str, n: int) -> list[str]:
     return [
         sys.executable, __file__, "--input-size", *map(str, args.input_size), "--batch-size", str(args.batch_size),
         "--backbone", args.backbone, "--layers", args.layers, "--workdir", str(args.workdir),
-        "--measure", kind, "--n", str(n),
+        "--corpus", args.corpus, "--megapixels", str(args.megapixels), "--measure", kind, "--n", str(n),
     ]
 
 
@@ -385,6 +450,36 @@ def add_ratios(results: list[dict]) -> None:
     for r in results:
         if "error" not in r and r["size"] in compute:
             r["ratio_to_compute"] = r["images_per_s"] / compute[r["size"]]
+
+
+def beyond_fixed_cost(results: list[dict], sizes: list[int]) -> dict[str, dict]:
+    """Per method, the rate beyond a run's fixed cost (imports, model load, first call, file open): the extra images
+    of the largest size over its extra seconds against the smallest, and the fixed seconds that rate leaves."""
+    small, large = min(sizes), max(sizes)
+    marginal = {}
+    for method in dict.fromkeys(r["method"] for r in results):
+        a, b = find(results, method, small), find(results, method, large)
+        if "error" in a or "error" in b or b["seconds"] <= a["seconds"]:
+            continue
+        rate = (b["images"] - a["images"]) / (b["seconds"] - a["seconds"])
+        marginal[method] = {"images_per_s": rate, "fixed_seconds": a["seconds"] - a["images"] / rate}
+    for anchor in ("dataset", "compute"):
+        if anchor in marginal:
+            for values in marginal.values():
+                values[f"ratio_to_{anchor}"] = values["images_per_s"] / marginal[anchor]["images_per_s"]
+    return marginal
+
+
+def marginal_table(marginal: dict[str, dict], sizes: list[int]) -> str:
+    rows = [
+        f"beyond each run's fixed cost ({min(sizes):,} -> {max(sizes):,} images):",
+        "| method | images/s | fixed s | ratio to the anchor (image_dataset_from_directory) | ratio to compute-only |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, m in marginal.items():
+        ratios = [f"{m[key]:.2f}" if key in m else "" for key in ("ratio_to_dataset", "ratio_to_compute")]
+        rows.append(f"| {METHODS[method]} | {m['images_per_s']:.1f} | {m['fixed_seconds']:.1f} | {' | '.join(ratios)} |")
+    return "\n".join(rows)
 
 
 def find(results: list[dict], method: str, size: int) -> dict:
@@ -456,12 +551,12 @@ def incremental_run(args: argparse.Namespace, n: int, added: int) -> dict[str, d
     images, out, _ = incremental_paths(args.workdir)
     shutil.rmtree(images.parent, ignore_errors=True)
     images.mkdir(parents=True)
-    link_images(image_dir(args.workdir, n), images)
+    link_images(image_dir(args.workdir, n, tag=corpus_tag(args)), images)
     expected = {"first": (n, 0), "added": (added, n), "unchanged": (0, n + added), "full": (n + added, 0)}
     results = {}
     for step, (computed, reused) in expected.items():
         if step == "added":
-            link_images(image_dir(args.workdir, added, first=n), images)
+            link_images(image_dir(args.workdir, added, first=n, tag=corpus_tag(args)), images)
         if step in ("added", "unchanged"):
             out.unlink(missing_ok=True)
         result = run_child(args, step, n)
@@ -540,12 +635,19 @@ def methods_part(args: argparse.Namespace, report: dict) -> None:
     targets."""
     sizes = sorted(set(args.sizes))
     for n in sizes:
-        ensure_images(args.workdir, n)
-    results = [run_repeated(args, kind, n) for n in sizes for kind in METHODS]
+        ensure_images(args, n)
+    results = [run_repeated(args, kind, n) for n in sizes for kind in args.methods or METHODS]
     add_ratios(results)
-    summary = targets(results, sizes)
-    print(table(results), target_lines(summary, sizes), sep="\n\n", flush=True)
-    report.update(results=results, targets=summary)
+    print(table(results), flush=True)
+    report.update(results=results)
+    if {"pipeline", "compute", "cluster"} <= set(args.methods or METHODS):
+        summary = targets(results, sizes)
+        print(target_lines(summary, sizes), flush=True)
+        report.update(targets=summary)
+    if len(sizes) > 1:
+        marginal = beyond_fixed_cost(results, sizes)
+        print(marginal_table(marginal, sizes), flush=True)
+        report.update(beyond_fixed_cost=marginal)
 
 
 def incremental_part(args: argparse.Namespace, report: dict) -> None:
@@ -553,8 +655,8 @@ def incremental_part(args: argparse.Namespace, report: dict) -> None:
     (``--repeats`` passes of every step, medians reported)."""
     n = max(args.sizes)
     added = max(1, round(n * ADDED_FRACTION))
-    ensure_images(args.workdir, n)
-    ensure_images(args.workdir, added, first=n)
+    ensure_images(args, n)
+    ensure_images(args, added, first=n)
     runs = [incremental_run(args, n, added) for _ in range(args.repeats)]
     steps = {step: median_of([run[step] for run in runs], STEP_KEYS) for step in STEPS}
     summary = incremental_summary(steps, n, added)

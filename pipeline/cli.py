@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,15 @@ def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) ->
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
+    from pipeline.extraction.model import pooled_shape
+
     rows = describe_layers(args.backbone, tuple(args.input_size) if args.input_size else None)
     width = max(len(name) for name, _, _ in rows)
-    print(f"{'layer':<{width}}  {'output shape':<20}  bytes/image (float32)")
+    print(f"{'layer':<{width}}  {'output shape':<20}  bytes/image (float32) by pooling: none | avg, max | pyramid")
     for name, shape, size in rows:
-        print(f"{name:<{width}}  {shape!s:<20}  {format_bytes(size)}")
+        pooled = [4 * math.prod(pooled_shape(shape, pooling)) for pooling in ("avg", "pyramid")] if len(shape) == 3 else []
+        sizes = " | ".join(format_bytes(n) for n in (size, *pooled))
+        print(f"{name:<{width}}  {shape!s:<20}  {sizes}")
 
 
 def yaml_value(text: str) -> Any:

@@ -27,9 +27,11 @@ from pipeline.validation import (
     invalid,
 )
 
-POOLINGS = ("none", "avg", "max")
+POOLINGS = ("none", "avg", "max", "pyramid")
+PYRAMID_GRIDS = (1, 2, 4)  # pooling "pyramid": averages over 1x1, 2x2 and 4x4 grids, concatenated (21 x channels)
 DTYPES = ("float32", "float16")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
+DECODE_MODES = ("fast", "exact")
 PREPROCESSING_MODES = ("none", "tf", "torch", "caffe")
 COMPRESSIONS = ("gzip", "lzf")
 ON_ERROR = ("skip", "fail")
@@ -173,7 +175,9 @@ class LayerSpec:
 
     name: str = field(metadata={"param": False})  # the key of its entry in extract.layers
     pooling: str = field(
-        default="avg", metadata={"help": f"spatial pooling of each layer's output: {' | '.join(POOLINGS)}"}
+        default="avg",
+        metadata={"help": f"spatial pooling of each layer's output: {' | '.join(POOLINGS)} (pyramid: averages over "
+                          "1x1, 2x2 and 4x4 grids, 21 x channels: an early block's layout, compact)"},
     )
     dtype: str = field(
         default="float32", metadata={"help": f"storage dtype of each layer's features: {' | '.join(DTYPES)}"}
@@ -264,6 +268,11 @@ class ExtractConfig:
                   "metavar": ("H", "W")},
     )
     interpolation: str = field(default="bilinear", metadata={"help": f"resize filter: {' | '.join(INTERPOLATIONS)}"})
+    decode: str = field(
+        default="fast",
+        metadata={"help": "fast: a JPEG at least twice the input size is decoded reduced (by 2, 4 or 8, in the DCT "
+                          "domain), then resized; exact: every image decoded whole, as keras.utils.load_img does"},
+    )
     preprocessing: str | None = field(
         default=None,
         metadata={"help": f"for a .keras backbone only, the input scaling it was trained with: "
@@ -333,6 +342,7 @@ class ExtractConfig:
                 raise invalid("extract.input_size", size, "[height, width] (integers >= 32) or null")
             object.__setattr__(self, "input_size", tuple(size))
         check_one_of("extract.interpolation", self.interpolation, INTERPOLATIONS)
+        check_one_of("extract.decode", self.decode, DECODE_MODES)
         if self.preprocessing is not None:
             check_one_of("extract.preprocessing", self.preprocessing, PREPROCESSING_MODES)
         if self.batch_size != "auto":
@@ -372,6 +382,12 @@ class ExtractConfig:
         LayerSpec.check_options("extract", **defaults)  # as written: extract.pooling, not each layer's
         mapping["layers"] = _layer_specs(mapping["layers"], defaults)
         return cls(**mapping)
+
+    @classmethod
+    def from_recorded(cls, mapping: Mapping[str, Any]) -> ExtractConfig:
+        """The config a features file or model records (its ``extract_config``); one written before ``decode``
+        existed decoded every image whole."""
+        return cls.from_params({"decode": "exact", **mapping})
 
     @property
     def layer_names(self) -> list[str]:
@@ -511,7 +527,7 @@ class ClassifierConfig:
                 f"null on a concatenation of layers ({'+'.join(self.layers)}): set extract.pooling instead",
             )
         if self.pool is not None:
-            check_one_of(f"{where}.pool", self.pool, [p for p in POOLINGS if p != "none"])
+            check_one_of(f"{where}.pool", self.pool, ["avg", "max"])  # of stored maps: extract.pooling has pyramid
         if self.pca is not None and not (
             (isinstance(self.pca, int) and not isinstance(self.pca, bool) and self.pca >= 1)
             or (isinstance(self.pca, float) and 0 < self.pca < 1)

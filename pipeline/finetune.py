@@ -131,6 +131,9 @@ def build_model(
     import keras
 
     where = f"finetune.{name}"
+    if pooling not in ("avg", "max", "none"):
+        raise invalid(f"the pooling of {layer} in the features file", pooling, "one of ['avg', 'max', 'none'] to "
+                      "fine-tune from it (pyramid pooling has no Keras layer here yet)")
     backbone.check_layers([layer], f"{where}.layer")
     cut = keras.Model(backbone.model.inputs, backbone.model.get_layer(layer).output, name=BACKBONE)
     cut.trainable = True  # load_backbone froze it all; now freeze per layer
@@ -184,7 +187,7 @@ def _chain(head) -> list:
 
 
 def image_batches(
-    rows: ImageRows, targets: np.ndarray, size: tuple[int, int], interpolation: str,
+    rows: ImageRows, targets: np.ndarray, size: tuple[int, int], interpolation: str, decode: str,
     preprocess: Callable[[np.ndarray], np.ndarray], batch_size: int, augmentation: AugmentConfig | None = None,
     shuffle_seed: int | None = None, workers: int = 4,
 ):
@@ -214,7 +217,7 @@ def image_batches(
             return np.random.default_rng([shuffle_seed, self.epoch]).permutation(len(rows))
 
         def load(self, index: int) -> np.ndarray:
-            image = decode_image(rows.paths[index], size, interpolation)
+            image = decode_image(rows.paths[index], size, interpolation, decode)
             if augmentation is None:
                 return image
             return augment(image, augmentation, view_rng(augmentation.seed, str(int(rows.rows[index])), self.epoch))
@@ -322,7 +325,7 @@ def finetune_model(
     keras.utils.set_random_seed(config.seed)  # before any layer exists: Dropout seeds its generator when it is built
     head, head_metadata = load_head(head_dir, config.layer, config.name)
     attrs = trained_on(head_dir, head_metadata, features)
-    extract = ExtractConfig.from_params(attrs["extract_config"])
+    extract = ExtractConfig.from_recorded(attrs["extract_config"])
     specs = {spec.name: spec for spec in extract.layers}
     if config.layer not in specs:
         raise ConfigError(
@@ -345,7 +348,7 @@ def finetune_model(
     def batches(rows: ImageRows, split: str, **options):
         return image_batches(
             rows, encode_labels(rows.labels, classes, f"the {split} split"), backbone.input_size, extract.interpolation,
-            preprocess_function(extract), config.batch_size, **options,
+            extract.decode, preprocess_function(extract), config.batch_size, **options,
         )
 
     train = batches(train_rows, "train", augmentation=config.augment, shuffle_seed=config.seed)
@@ -407,7 +410,7 @@ def image_predictions(
     """The model's outputs on ``rows``, streamed from disk ``batch_size`` images at a time (decoded in threads)."""
     preprocess, size = preprocess_function(extract), tuple(model.input_shape[1:3])
     probas, seconds = [], 0.0
-    for batch in iter_batches(rows.paths, size, extract.interpolation, batch_size, on_error="fail"):
+    for batch in iter_batches(rows.paths, size, extract.interpolation, extract.decode, batch_size, on_error="fail"):
         n = len(batch.images)  # a short last batch is padded: one input shape, one traced function
         x = preprocess(pad_batch(batch.images, batch_size).astype(np.float32))
         started = time.perf_counter()
@@ -424,7 +427,7 @@ def evaluate_finetuned(
     the same files and metrics as ``pipeline.classification.evaluate.evaluate_model``; returns the metrics."""
     model, metadata = load_finetuned(model_dir)
     attrs = trained_on(model_dir, metadata, features)
-    extract = ExtractConfig.from_params(metadata["features"]["extract_config"])
+    extract = ExtractConfig.from_recorded(metadata["features"]["extract_config"])
     rows = image_rows(features, images, split)
     data = image_predictions(
         model, rows, extract, metadata["classes"], len(attrs["class_names"]), metadata["params"]["batch_size"]

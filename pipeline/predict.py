@@ -60,10 +60,6 @@ class ImagePredictor:
     def class_names(self) -> list[str]:
         return list(self.metadata["class_names"])
 
-    @property
-    def interpolation(self) -> str:
-        return self.config.interpolation
-
     def top(self, outputs: np.ndarray, k: int) -> list[tuple[tuple[str, float], ...]]:
         """The ``k`` best ``(label, value)`` pairs per row, highest first (ties in class order)."""
         labels = self.labels
@@ -74,7 +70,7 @@ class ImagePredictor:
         """One Prediction per path, in order; undecodable images are logged and returned with their error."""
         k = min(check_int("top_k", top_k, 1), len(self.labels))
         results: list[Prediction] = []
-        for batch in iter_batches(paths, self.input_size, self.interpolation, self.batch_size):
+        for batch in iter_batches(paths, self.input_size, self.config.interpolation, self.config.decode, self.batch_size):
             done = {}
             if len(batch.indices):
                 tops = self.top(self.image_outputs(batch.images), k)
@@ -164,7 +160,7 @@ class FinetunedPredictor(ImagePredictor):
 def load_finetuned_predictor(model_dir: Path, batch_size: int | None = None) -> FinetunedPredictor:
     """Load a fine-tuned model with the recorded decode (input size, interpolation) and preprocessing."""
     model, metadata = load_finetuned(model_dir)
-    config = ExtractConfig.from_params(metadata["features"]["extract_config"])
+    config = ExtractConfig.from_recorded(metadata["features"]["extract_config"])
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
     log.info(
@@ -205,7 +201,7 @@ def recorded_config(model_dir: Path, metadata: dict[str, Any]) -> tuple[ExtractC
             f"model {model_dir} does not record the extract config of its features (saved by an older version "
             "of this pipeline); train it again to predict with it"
         )
-    config = ExtractConfig.from_params(features["extract_config"])
+    config = ExtractConfig.from_recorded(features["extract_config"])
     specs = {spec.name: spec for spec in config.stored_layers}
     for layer in metadata["layers"]:
         if layer not in specs:

@@ -31,7 +31,8 @@ def test_layers_prints_shape_and_bytes_per_image():
     result = cli("layers", "vgg16")
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("block2_pool "))
-    assert line.split()[1:] == ["(56,", "56,", "128)", "1.5", "MiB"]
+    # unpooled 56 x 56 x 128 floats; avg or max: 128; pyramid: 21 x 128 (2,688 floats)
+    assert line.split()[1:] == ["(56,", "56,", "128)", "1.5", "MiB", "|", "512", "B", "|", "10.5", "KiB"]
 
 
 def test_describe_layers_follows_the_input_size():
@@ -88,6 +89,7 @@ SAMPLES = {
     "weights": (["--weights", "null"], None),
     "input_size": (["--input-size", "48", "40"], [48, 40]),
     "interpolation": (["--interpolation", "nearest"], "nearest"),
+    "decode": (["--decode", "exact"], "exact"),
     "preprocessing": (["--preprocessing", "torch"], "torch"),
     "layers": (["--layers", "conv_pw_3_relu,conv_pw_5_relu"], ["conv_pw_3_relu", "conv_pw_5_relu"]),
     "pooling": (["--pooling", "max"], "max"),

@@ -206,7 +206,7 @@ def test_extract_layer_mapping_unknown_option_lists_the_allowed_options():
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
-        ({"a": {"pooling": "mean"}}, "extract.layers.a.pooling must be one of ['avg', 'max', 'none']. Received: extract.layers.a.pooling='mean'"),
+        ({"a": {"pooling": "mean"}}, "extract.layers.a.pooling must be one of ['avg', 'max', 'none', 'pyramid']. Received: extract.layers.a.pooling='mean'"),
         ({"a": {"dtype": "float64"}}, "extract.layers.a.dtype must be one of ['float16', 'float32']. Received: extract.layers.a.dtype='float64'"),
         ([], "extract.layers must be a non-empty list of layer names. Received: extract.layers=[]"),
         (["a", "a"], "extract.layers must not repeat a layer. Received: extract.layers=['a', 'a']"),
@@ -224,7 +224,7 @@ def test_extract_bad_layers_are_refused(layers, message):
 
 @pytest.mark.parametrize("layers", [["a"], {"a": {"dtype": "float16"}}])
 def test_extract_section_pooling_default_is_reported_under_the_key_written(layers):
-    message = "extract.pooling must be one of ['avg', 'max', 'none']. Received: extract.pooling='sum'"
+    message = "extract.pooling must be one of ['avg', 'max', 'none', 'pyramid']. Received: extract.pooling='sum'"
     with pytest.raises(ConfigError, match=re.escape(message)):
         ExtractConfig.from_params(extract(layers=layers, pooling="sum"))
     message = "extract.dtype must be one of ['float16', 'float32']. Received: extract.dtype='int8'"
@@ -234,7 +234,7 @@ def test_extract_section_pooling_default_is_reported_under_the_key_written(layer
 
 def test_extract_unknown_key_lists_the_allowed_keys():
     allowed = (
-        "['augment', 'augment_views', 'backbone', 'batch_size', 'cluster', 'compression', 'dtype', 'input_size', "
+        "['augment', 'augment_views', 'backbone', 'batch_size', 'cluster', 'compression', 'decode', 'dtype', 'input_size', "
         "'interpolation', 'layers', 'mixed_precision', 'on_error', 'pixels', 'pooling', 'preprocessing', 'reuse', "
         "'shard_size', 'split', 'weights', 'xla']"
     )
@@ -286,7 +286,8 @@ def test_feature_identity_excludes_what_does_not_change_values_and_is_json_data(
     identity = config_identity(config)
     assert not {"batch_size", "compression", "on_error", "split"} & set(identity)
     assert set(identity) == {
-        "backbone", "weights", "input_size", "interpolation", "preprocessing", "layers", "mixed_precision", "xla", "pixels"
+        "backbone", "weights", "input_size", "interpolation", "decode", "preprocessing", "layers", "mixed_precision", "xla",
+        "pixels",
     }
     assert identity["layers"] == ({"name": "a", "pooling": "max", "dtype": "float32"},)
     json.dumps(identity)

@@ -79,6 +79,7 @@ ROWS = [
                                      "Received: extract.input_size=[16, 16]"),
     ("extract.interpolation", "cubic", "extract.interpolation must be one of ['bicubic', 'bilinear', 'box', 'hamming', "
                                        "'lanczos', 'nearest']. Received: extract.interpolation='cubic'"),
+    ("extract.decode", "quick", "extract.decode must be one of ['exact', 'fast']. Received: extract.decode='quick'"),
     ("extract.batch_size", 0, "extract.batch_size must be an integer >= 1. Received: extract.batch_size=0"),
     ("extract.xla", "yes", "extract.xla must be true or false. Received: extract.xla='yes'"),
     ("extract.mixed_precision", 1, "extract.mixed_precision must be true or false. Received: extract.mixed_precision=1"),
@@ -88,10 +89,10 @@ ROWS = [
     ("extract.pixels", 0, "extract.pixels must be an integer >= 1. Received: extract.pixels=0"),
     ("extract.reuse", -1, "extract.reuse must be an integer >= 0. Received: extract.reuse=-1"),
     # extract: the layers, section-wide and per layer
-    ("extract.pooling", "mean", "extract.pooling must be one of ['avg', 'max', 'none']. Received: extract.pooling='mean'"),
+    ("extract.pooling", "mean", "extract.pooling must be one of ['avg', 'max', 'none', 'pyramid']. Received: extract.pooling='mean'"),
     ("extract.dtype", "float64", "extract.dtype must be one of ['float16', 'float32']. Received: extract.dtype='float64'"),
     ("extract.layers", {"conv_pw_3_relu": {"pooling": "mean"}},
-     "extract.layers.conv_pw_3_relu.pooling must be one of ['avg', 'max', 'none']. "
+     "extract.layers.conv_pw_3_relu.pooling must be one of ['avg', 'max', 'none', 'pyramid']. "
      "Received: extract.layers.conv_pw_3_relu.pooling='mean'"),
     ("extract.layers", {"conv_pw_3_relu": {"dtype": "int8"}},
      "extract.layers.conv_pw_3_relu.dtype must be one of ['float16', 'float32']. "

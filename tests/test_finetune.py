@@ -118,8 +118,8 @@ def test_the_loss_decreased_on_a_tiny_dataset(head, features_file, digits_dir):
     model, _ = build_model(load_backbone("mobilenet", "imagenet", (64, 64)), LAYER, "avg", start, "conv_dw_5")
     train = image_rows(features_file, digits_dir, "train")
     tiny = ImageRows(train.rows[:16], train.paths[:16], train.labels[:16])
-    batches = image_batches(tiny, tiny.labels, (64, 64), "bilinear", preprocess_function(MOBILENET), 8, shuffle_seed=0)
-    same = image_batches(tiny, tiny.labels, (64, 64), "bilinear", preprocess_function(MOBILENET), 8)
+    batches = image_batches(tiny, tiny.labels, (64, 64), "bilinear", "exact", preprocess_function(MOBILENET), 8, shuffle_seed=0)
+    same = image_batches(tiny, tiny.labels, (64, 64), "bilinear", "exact", preprocess_function(MOBILENET), 8)
     config = FinetuneConfig(name="tiny", head="head", layer=LAYER, trainable_from="conv_dw_5", learning_rate=1e-4,
                             epochs=5, patience=5)
     fitted = fit(model, batches, same, config, verbose=0)
@@ -220,6 +220,14 @@ def test_trainable_layers_counts_from_the_end(backbone, head):
     assert last == ["conv_pw_5_relu"]
 
 
+def test_a_pyramid_pooled_layer_is_refused_naming_the_poolings_it_can_start_from(backbone, head):
+    trained, _ = load_head(head, LAYER)
+    with pytest.raises(ConfigError, match=re.escape(
+        "the pooling of conv_pw_5_relu in the features file must be one of ['avg', 'max', 'none'] to fine-tune from it"
+    ) + r".*Received: .*='pyramid'$"):
+        build_model(backbone, LAYER, "pyramid", trained, trainable_layers=2, name="top")
+
+
 def test_bad_trainable_settings_name_the_parameter(backbone, head):
     trained, _ = load_head(head, LAYER)
     with pytest.raises(ConfigError, match=re.escape(
@@ -258,7 +266,7 @@ def test_augmented_train_batches_are_seeded_per_image_and_epoch(features_file, d
     preprocess = preprocess_function(MOBILENET)
 
     def batch(augmentation, epoch, shuffle_seed=None):
-        dataset = image_batches(rows, targets, (64, 64), "bilinear", preprocess, 8, augmentation, shuffle_seed)
+        dataset = image_batches(rows, targets, (64, 64), "bilinear", "exact", preprocess, 8, augmentation, shuffle_seed)
         dataset.epoch = epoch
         assert len(dataset) == 9  # 69 images in batches of 8
         return dataset[0]

@@ -1,6 +1,7 @@
 """Tests for pipeline.predict: images end to end through the model's own backbone, layer and classifier."""
 
 import csv
+import dataclasses
 import json
 import logging
 import re
@@ -15,6 +16,8 @@ from pipeline.classification.train import train_classifier
 from pipeline.cli import main
 from pipeline.config import ClassifierConfig, FinetuneConfig
 from pipeline.extraction.backbone import load_backbone
+from pipeline.extraction.dataset import read_split_folders
+from pipeline.extraction.extract import extract_features
 from pipeline.extraction.images import iter_batches
 from pipeline.finetune import build_model, finetune_model, load_finetuned, load_head
 from pipeline.predict import (
@@ -91,6 +94,32 @@ def test_predictions_equal_the_classifier_on_the_stored_features(request, stored
     assert [p.label for p in predictions] == [names[c] for c in estimator.predict(X[layer])]
     assert [p.path for p in predictions] == paths
     assert {p.measure for p in predictions} == {"probability"}
+
+
+@pytest.mark.parametrize("decode", ["fast", "exact"])
+def test_photos_are_decoded_as_the_features_file_decoded_them(tmp_path, extract_config, decode):
+    # 1200 x 800 JPEGs at 64 x 64: fast decoding reduces them by 8, so the two modes give different features, and
+    # prediction must follow the file's mode to give back the classifier's outputs on the stored rows.
+    from PIL import Image
+    from skimage import data
+
+    for index, split in enumerate(("train", "train", "train", "val", "test")):
+        for name in ("chelsea", "coffee"):
+            photo = Image.fromarray(getattr(data, name)()[index * 10 :]).resize((1200, 800))
+            (tmp_path / "photos" / split / name).mkdir(parents=True, exist_ok=True)
+            photo.save(tmp_path / "photos" / split / name / f"{index}.jpg", quality=90)
+    config = dataclasses.replace(extract_config, decode=decode, pixels=None)
+    features = extract_features(read_split_folders(tmp_path / "photos"), config, tmp_path / "features.h5").path
+    layer = "conv_pw_5_relu"
+    train_classifier(features, ClassifierConfig(name="lr", estimator="logistic_regression", layer=layer), tmp_path / "lr")
+    estimator, metadata = load_model(tmp_path / "lr")
+    with h5py.File(features, "r") as f:
+        paths = [tmp_path / "photos" / p for p in f["paths"].asstr()[()]]
+        X = f["features"][layer][()]
+        assert f.attrs["decode"] == decode
+    predictions = predict_images(tmp_path / "lr", paths, top_k=2)
+    got = np.stack([full_outputs(p, metadata["class_names"]) for p in predictions])
+    np.testing.assert_allclose(got, estimator.predict_proba(X), atol=1e-5, rtol=0)
 
 
 def test_features_equal_the_stored_rows(lr_predictor, stored):

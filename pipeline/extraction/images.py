@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.config import INTERPOLATIONS, ON_ERROR
+from pipeline.config import DECODE_MODES, INTERPOLATIONS, ON_ERROR
 from pipeline.validation import ConfigError, UserError, check_int, check_one_of
 
 
@@ -31,20 +31,31 @@ _UNSUPPORTED_SIGNATURES = {
 }
 _IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*")
 
+ORIENTATION = 0x0112  # the EXIF tag
+TRANSPOSING = (5, 6, 7, 8)  # its values that swap width and height
 
-def decode_image(path: str | Path, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+
+def decode_image(
+    path: str | Path, size: tuple[int, int], interpolation: str = "bilinear", decode: str = "exact"
+) -> np.ndarray:
     """Decode one file to a ``(height, width, 3)`` uint8 RGB array.
 
     The whole file is decoded (a truncated file raises rather than being padded), the first frame of an
     animation is taken, EXIF orientation is applied, 16-bit greys are scaled to 8 bits (``value >> 8``),
     transparency is composited onto white, then the image is resized with PIL's filter of the same name as
-    ``keras.utils.load_img(path, target_size=size, interpolation=interpolation)`` uses; for an opaque RGB
-    file the result equals that call's exactly. Raises ImageDecodeError naming the file and the reason.
+    ``keras.utils.load_img(path, target_size=size, interpolation=interpolation)`` uses; with ``decode="exact"``
+    the result for an opaque RGB file equals that call's exactly. With ``decode="fast"`` a JPEG at least twice
+    ``size`` in both sides is decoded reduced in the DCT domain (by 2, 4 or 8, to no less than ``size``; Pillow's
+    ``draft``), then resized the same way: several times faster on camera photos, values within the tolerance
+    the tests state. Raises ImageDecodeError naming the file and the reason.
     """
     check_one_of("interpolation", interpolation, RESAMPLING)
+    check_one_of("decode", decode, DECODE_MODES)
     height, width = size
     try:
         with Image.open(path) as img:
+            if decode == "fast" and img.format == "JPEG":
+                _reduce_while_decoding(img, (width, height))
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no orientation to apply
             img = to_rgb(img)
@@ -53,6 +64,14 @@ def decode_image(path: str | Path, size: tuple[int, int], interpolation: str = "
     if img.size != (width, height):
         img = img.resize((width, height), RESAMPLING[interpolation])
     return np.asarray(img, dtype=np.uint8)
+
+
+def _reduce_while_decoding(img: Image.Image, size: tuple[int, int]) -> None:
+    """Have the JPEG decoder scale by the largest of 1/2, 1/4 and 1/8 that keeps it at least ``size`` (width,
+    height) once its EXIF orientation is applied; nothing when it is not twice that in both sides."""
+    if img.getexif().get(ORIENTATION, 1) in TRANSPOSING:
+        size = size[::-1]  # stored on its side: the decoder's width becomes the image's height
+    img.draft(None, size)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -135,6 +154,7 @@ def iter_batches(
     paths: Sequence[str | Path],
     size: tuple[int, int],
     interpolation: str = "bilinear",
+    decode: str = "exact",
     batch_size: int = 32,
     prefetch: int = 2,
     workers: int | None = None,
@@ -151,6 +171,7 @@ def iter_batches(
     time, not at the first ``next``.
     """
     check_one_of("interpolation", interpolation, RESAMPLING)
+    check_one_of("decode", decode, DECODE_MODES)
     check_one_of("on_error", on_error, ON_ERROR)
     # a resume position or batch size read from HDF5 or numpy arrives as np.integer
     batch_size, start = (int(n) if isinstance(n, np.integer) else n for n in (batch_size, start))
@@ -161,24 +182,24 @@ def iter_batches(
     check_int("start", start, 0)
     if start > len(paths):
         raise ConfigError(f"start must be at most len(paths)={len(paths)}. Received: start={start}")
-    return _batches(paths, tuple(size), interpolation, batch_size, prefetch, workers, on_error, start)
+    return _batches(paths, tuple(size), (interpolation, decode), batch_size, prefetch, workers, on_error, start)
 
 
-def _decode_or_error(path: str | Path, size: tuple[int, int], interpolation: str) -> np.ndarray | ImageDecodeError:
+def _decode_or_error(path: str | Path, size: tuple[int, int], how: tuple[str, str]) -> np.ndarray | ImageDecodeError:
     """decode_image, returning (not raising) an ImageDecodeError so the reader can list it; other errors raise."""
     try:
-        return decode_image(path, size, interpolation)
+        return decode_image(path, size, *how)
     except ImageDecodeError as error:
         return error
 
 
-def _batches(paths, size, interpolation, batch_size, prefetch, workers, on_error, start) -> Iterator[Batch]:
+def _batches(paths, size, how, batch_size, prefetch, workers, on_error, start) -> Iterator[Batch]:
     height, width = size
     starts = iter(range(start, len(paths), batch_size))
     pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="decode")
 
     def submit(first: int) -> tuple[int, list[Future]]:
-        return first, [pool.submit(_decode_or_error, p, size, interpolation) for p in paths[first : first + batch_size]]
+        return first, [pool.submit(_decode_or_error, p, size, how) for p in paths[first : first + batch_size]]
 
     try:
         pending = deque(submit(first) for _, first in zip(range(prefetch + 1), starts))

@@ -8,24 +8,49 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import PIXELS, ExtractConfig, LayerSpec
+from pipeline.config import PIXELS, PYRAMID_GRIDS, ExtractConfig, LayerSpec
 from pipeline.extraction import accelerate
 from pipeline.extraction.augment import augment_views
 from pipeline.extraction.backbone import Backbone, load_backbone
 from pipeline.extraction.images import pad_batch
+from pipeline.validation import invalid
 
 
 def pool(values: np.ndarray, pooling: str) -> np.ndarray:
-    """Global spatial pooling of ``(batch, h, w, c)`` maps: ``none`` keeps them, ``avg``/``max`` reduce h and w."""
+    """Spatial pooling of ``(batch, h, w, c)`` maps: ``none`` keeps them, ``avg``/``max`` reduce h and w, ``pyramid``
+    averages over each cell of 1x1, 2x2 and 4x4 grids (``pyramid_pool``)."""
     if pooling == "none" or values.ndim < 3:
         return values
+    if pooling == "pyramid":
+        return pyramid_pool(values)
     axes = tuple(range(1, values.ndim - 1))
     return values.mean(axis=axes) if pooling == "avg" else values.max(axis=axes)
 
 
+def grid_cells(length: int, cells: int) -> list[tuple[int, int]]:
+    """``cells`` spans over ``length`` positions, ``[floor(i*length/cells), ceil((i+1)*length/cells))`` as PyTorch's
+    adaptive pooling takes them: they cover every position, overlap by at most one, and none is empty, even when
+    ``length < cells``."""
+    return [(i * length // cells, -(-(i + 1) * length // cells)) for i in range(cells)]
+
+
+def pyramid_pool(maps: np.ndarray) -> np.ndarray:
+    """Spatial pyramid pooling of ``(batch, h, w, c)`` maps: the mean over each cell of a g x g grid for g in
+    ``PYRAMID_GRIDS``, concatenated grid by grid, cells in row-major order, channels last: ``(batch, 21 * c)``."""
+    height, width = maps.shape[1:3]
+    parts = []
+    for g in PYRAMID_GRIDS:
+        for top, bottom in grid_cells(height, g):
+            for left, right in grid_cells(width, g):
+                parts.append(maps[:, top:bottom, left:right].mean(axis=(1, 2)))
+    return np.concatenate(parts, axis=1)
+
+
 def pooled_shape(shape: tuple[int, ...], pooling: str) -> tuple[int, ...]:
     """The per-image shape ``pool`` leaves of a ``(h, w, c)`` map (or of an already flat vector)."""
-    return shape if pooling == "none" or len(shape) < 2 else shape[-1:]
+    if pooling == "none" or len(shape) < 2:
+        return shape
+    return (sum(g * g for g in PYRAMID_GRIDS) * shape[-1],) if pooling == "pyramid" else shape[-1:]
 
 
 def downscale(images: np.ndarray, side: int) -> np.ndarray:
@@ -83,6 +108,11 @@ def load_feature_model(config: ExtractConfig, compute: accelerate.Compute) -> Fe
         spec.name: (pooled_shape(tuple(output.shape[1:]), spec.pooling), spec.dtype)
         for spec, output in zip(config.layers, model.outputs)
     }
+    for spec, output in zip(config.layers, model.outputs):
+        if spec.pooling == "pyramid" and len(output.shape) != 4:
+            raise invalid(f"extract.layers.{spec.name}.pooling", spec.pooling,
+                          f"one of ['avg', 'max', 'none'] for a layer without (height, width, channels) maps: "
+                          f"{spec.name} gives {tuple(output.shape[1:])}")
     if config.pixels is not None:
         layers[PIXELS] = ((config.pixels, config.pixels, 3), "float32")
     return FeatureModel(backbone, model, layers)

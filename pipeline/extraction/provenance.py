@@ -31,6 +31,8 @@ def config_identity(config: ExtractConfig) -> dict[str, Any]:
     if not config.augment_views:  # no views: the file is what it was before views existed, and so is its hash
         identity.pop("augment")
         identity.pop("augment_views")
+    if config.decode == "exact":  # likewise: exact decoding is what every file had before the fast mode
+        identity.pop("decode")
     return identity
 
 
@@ -84,6 +86,7 @@ def provenance(config: ExtractConfig, backbone: Backbone, manifest: Manifest, co
         "weights_sha256": backbone.weights_sha256,
         "input_size": list(backbone.input_size),
         "interpolation": config.interpolation,
+        "decode": config.decode,
         "preprocessing": backbone.preprocessing,
         "layers": [spec.name for spec in config.stored_layers],
         "pooling": {spec.name: spec.pooling for spec in config.stored_layers},

@@ -79,7 +79,7 @@ def write_features(
         started, resumed_at = time.perf_counter(), writer.position
         batches = iter_batches(
             [manifest.absolute(i) for i in to_compute], features.backbone.input_size, config.interpolation,
-            compute.batch_size, on_error=config.on_error, start=int(np.searchsorted(to_compute, writer.position)),
+            config.decode, compute.batch_size, on_error=config.on_error, start=int(np.searchsorted(to_compute, writer.position)),
         )
         for batch in batches:
             rows = to_compute[batch.indices]

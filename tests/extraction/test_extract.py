@@ -28,7 +28,6 @@ from pipeline.extraction.accelerate import Compute
 from pipeline.extraction.dataset import Manifest, read_images
 from pipeline.extraction.extract import extract_features, skipped_report_path
 from pipeline.extraction.images import ImageDecodeError
-from pipeline.extraction.model import pool
 from pipeline.extraction.provenance import provenance
 from pipeline.extraction.weights import SOURCE
 from pipeline.prepare import prepare_digits
@@ -145,15 +144,6 @@ def test_batch_size_does_not_change_features(features_file, manifest, extract_co
             # float32 rounding differences between batch shapes may flip the last bit of a float16 value
             rtol, atol = (1e-3, 1e-4) if spec.dtype == "float16" else (1e-5, 1e-6)
             np.testing.assert_allclose(b["features"][spec.name][()], a["features"][spec.name][()], rtol=rtol, atol=atol)
-
-
-def test_pool_keeps_or_reduces_spatial_axes():
-    maps = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3)
-    np.testing.assert_array_equal(pool(maps, "none"), maps)
-    np.testing.assert_array_equal(pool(maps, "avg"), [[4.5, 5.5, 6.5], [16.5, 17.5, 18.5]])
-    np.testing.assert_array_equal(pool(maps, "max"), [[9, 10, 11], [21, 22, 23]])
-    flat = np.ones((2, 5), dtype=np.float32)
-    np.testing.assert_array_equal(pool(flat, "avg"), flat)
 
 
 def small_config(*layers: str, batch_size: int = 4, on_error: str = "fail") -> ExtractConfig:
@@ -448,7 +438,7 @@ def test_photos_match_keras_reference_for_two_backbones(photos, tmp_path, backbo
         weights = str(tmp_path / f"{backbone}.weights.h5")
         load_backbone(backbone, None, size).model.save_weights(weights)
     config = ExtractConfig(
-        backbone=backbone, weights=weights, input_size=size, batch_size=3,
+        backbone=backbone, weights=weights, input_size=size, batch_size=3, decode="exact",  # load_img decodes whole
         layers=tuple(LayerSpec(name, pooling) for name, pooling in layers.items()),
     )
     manifest = read_images(photos)

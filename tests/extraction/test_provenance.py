@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.config import ExtractConfig
+from pipeline.config import ExtractConfig, config_hash
 from pipeline.extraction.accelerate import Compute
 from pipeline.extraction.dataset import Manifest
 from pipeline.extraction.provenance import config_identity, feature_identity, manifest_hash, resume_key
@@ -24,6 +24,19 @@ def test_the_identity_in_effect_adds_what_the_machine_and_the_backbone_decide():
                         "weights_sha256": "ab" * 32}
     batch = dataclasses.replace(compute, batch_size=64)
     assert feature_identity(dataclasses.replace(CONFIG, batch_size=64), BACKBONE, batch) == identity
+
+
+def test_the_decode_mode_is_hashed_and_exact_keeps_the_hash_files_had_before_it_existed():
+    exact = dataclasses.replace(CONFIG, decode="exact")
+    assert CONFIG.decode == "fast" and config_identity(CONFIG)["decode"] == "fast"
+    assert "decode" not in config_identity(exact)  # as every features file was decoded before the fast mode
+    assert config_hash(config_identity(CONFIG)) != config_hash(config_identity(exact))
+
+
+def test_a_recorded_config_without_a_decode_mode_decoded_exactly():
+    recorded = {key: value for key, value in CONFIG.to_params().items() if key != "decode"}
+    assert ExtractConfig.from_recorded(recorded).decode == "exact"
+    assert ExtractConfig.from_recorded(CONFIG.to_params()) == CONFIG
 
 
 def test_the_manifest_hash_covers_paths_labels_splits_content_and_class_names():
