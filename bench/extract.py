@@ -140,8 +140,9 @@ def real_photos() -> list[np.ndarray]:
     from skimage import data
     from sklearn.datasets import load_sample_images
 
-    names = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
-    return [getattr(data, name)()[..., :3] for name in names] + list(load_sample_images().images)
+    names = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
+    photos = [getattr(data, name)() for name in names] + [data.stereo_motorcycle()[0]]
+    return photos + list(load_sample_images().images)
 
 
 def camera_image(rng: np.random.Generator, photos: list[np.ndarray], megapixels: float) -> Image.Image:
