@@ -6,6 +6,7 @@ cost: (largest - smallest images) / (their seconds' difference)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", choices=PARTS, help="run one part: the methods table, or the incremental re-run on the largest size"
     )
     parser.add_argument("--input-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
-    parser.add_argument("--batch-size", type=positive, default=64)
+    parser.add_argument("--batch-size", type=batch_size, default=64, help="a number, or auto (GPU: the largest that fits)")
     parser.add_argument("--backbone", default="mobilenet")
+    parser.add_argument("--weights", choices=("imagenet", "none"), default="imagenet",
+                        help="none: random weights (enough for speed; only mobilenet's ImageNet weights work offline)")
+    parser.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU only)")
+    parser.add_argument("--xla", action="store_true", help="XLA-compiled feature function (GPU only)")
     parser.add_argument("--layers", default="conv_pw_7_relu,conv_pw_13_relu", help="comma-separated, avg-pooled")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bottleneck-bench")
     parser.add_argument("--repeats", type=positive, default=1, help="runs per measurement; the medians are reported")
@@ -84,10 +90,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def batch_size(text: str) -> int | str:
+    """An argparse type: ``auto`` or a positive integer."""
+    return text if text == "auto" else positive(text)
+
+
 def extract_config(args: argparse.Namespace) -> ExtractConfig:
-    return ExtractConfig.from_params(
-        {"backbone": args.backbone, "input_size": args.input_size, "batch_size": args.batch_size, "layers": args.layers}
-    )
+    return ExtractConfig.from_params({
+        "backbone": args.backbone, "weights": None if args.weights == "none" else args.weights,
+        "input_size": args.input_size, "batch_size": args.batch_size, "layers": args.layers,
+        "mixed_precision": args.mixed_precision, "xla": args.xla,
+    })
 
 
 def clock() -> tuple[float, float]:
@@ -135,8 +148,9 @@ def synthetic_image(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
+@functools.cache
 def real_photos() -> list[np.ndarray]:
-    """The real photos scikit-image and scikit-learn ship (RGB, 300 to 640 pixels a side)."""
+    """The real photos scikit-image and scikit-learn ship (RGB, 300 to 640 pixels a side), loaded once a process."""
     from skimage import data
     from sklearn.datasets import load_sample_images
 
@@ -169,17 +183,25 @@ def ensure_images(args: argparse.Namespace, n: int, first: int = 0) -> Path:
         log.info("reusing %d images in %s", n, folder)
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    photos = real_photos() if args.corpus == "camera" else None
-    what = f"{args.megapixels:g} MP camera" if photos else f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} synthetic"
-    log.info("generating %d %s JPEGs in %s", n, what, folder)
-    for i in range(first, first + n):
-        rng = np.random.default_rng([SEED, i])
-        if photos:
-            camera_image(rng, photos, args.megapixels).save(folder / f"img_{i:06d}.jpg", quality=CAMERA_QUALITY)
-        else:
-            synthetic_image(rng).save(folder / f"img_{i:06d}.jpg", quality=JPEG_QUALITY)
+    camera = args.corpus == "camera"
+    what = f"{args.megapixels:g} MP camera" if camera else f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} synthetic"
+    log.info("generating %d %s JPEGs in %s on %d cores", n, what, folder, os.cpu_count())
+    with ProcessPoolExecutor() as pool:
+        jobs = [(folder / f"img_{i:06d}.jpg", i, args.megapixels if camera else None) for i in range(first, first + n)]
+        for _ in pool.map(write_image, jobs, chunksize=8):
+            pass
     marker.write_text(done)
     return folder
+
+
+def write_image(job: tuple[Path, int, float | None]) -> None:
+    """Image ``index`` of a corpus, seeded by it: a camera photo of that many megapixels, or a synthetic JPEG."""
+    path, index, megapixels = job
+    rng = np.random.default_rng([SEED, index])
+    if megapixels is not None:
+        camera_image(rng, real_photos(), megapixels).save(path, quality=CAMERA_QUALITY)
+    else:
+        synthetic_image(rng).save(path, quality=JPEG_QUALITY)
 
 
 def link_images(source: Path, folder: Path) -> None:
@@ -221,42 +243,50 @@ def feature_model(config: ExtractConfig):
 
 
 def pooled(config: ExtractConfig, outputs) -> list[np.ndarray]:
-    """The anchors' in-memory outputs, pooled per layer as the pipeline stores them."""
-    from pipeline.extraction.model import pool
+    """The anchors' in-memory outputs, pooled per layer as the pipeline stores them (with its own pooling layer)."""
+    import keras
+
+    from pipeline.extraction.graph import SpatialPool
 
     outputs = outputs if isinstance(outputs, list) else [outputs]
-    return [pool(np.asarray(o), spec.pooling) for spec, o in zip(config.layers, outputs)]
+    return [keras.ops.convert_to_numpy(SpatialPool(spec.pooling)(o)) for spec, o in zip(config.layers, outputs)]
 
 
 def measure_compute(config: ExtractConfig, folder: Path, n: int) -> dict:
-    """The feature sub-model alone: predict_on_batch on one preprocessed float32 batch, repeated after a warm-up."""
+    """The model alone: the pipeline's feature function (uint8 in, pooled features out, under the run's precision,
+    XLA and batch size, backing off like extraction on a GPU) on one in-memory batch, repeated after a warm-up."""
+    from pipeline.extraction import accelerate
     from pipeline.extraction.images import decode_image
+    from pipeline.extraction.model import load_feature_model
 
     started = clock()
-    backbone, model = feature_model(config)
+    compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
+    features = load_feature_model(config, compute)
     load_s = since(started)["seconds"]
-    paths = image_paths(folder)[: config.batch_size]
-    images = np.stack([decode_image(p, backbone.input_size, config.interpolation) for p in paths])
-    batch = backbone.preprocess(images.astype(np.float32))
+    paths = image_paths(folder)[: compute.batch_size]
+    images = np.stack([decode_image(p, features.backbone.input_size, config.interpolation) for p in paths])
+    batch = np.resize(images, (compute.batch_size, *images.shape[1:]))  # repeated up to a full batch
     for _ in range(3):
-        model.predict_on_batch(batch)
-    repeats = math.ceil(n / config.batch_size)
+        features.device.run(features.model.predict_on_batch, batch)
+    repeats = math.ceil(n / compute.batch_size)
     started = clock()
     for _ in range(repeats):
-        model.predict_on_batch(batch)
-    return {"images": repeats * len(batch), **since(started), "model_load_s": load_s}
+        features.device.run(features.model.predict_on_batch, batch)
+    return {"images": repeats * len(batch), **since(started), "model_load_s": load_s, "batch_size": features.device.size}
 
 
 def measure_pipeline(config: ExtractConfig, folder: Path, n: int) -> dict:
     """The whole stage, files to a complete HDF5 file, exactly as DVC runs it the first time (model load and content
     hashing included; no earlier output to reuse)."""
     from pipeline.extraction.extract import run_extraction
+    from pipeline.store import read_attrs
 
     out = folder.parent / f"features-{folder.name}-{config.decode}.h5"
     fresh_output(out)
     started = clock()
     run_extraction(folder, out, config)
-    return {"images": n, **since(started), "output": str(out)}
+    timed = since(started)
+    return {"images": n, **timed, "output": str(out), "batch_size": read_attrs(out)["device_batch_size"]}
 
 
 def measure_pipeline_exact(config: ExtractConfig, folder: Path, n: int) -> dict:
@@ -409,8 +439,9 @@ def measure(args: argparse.Namespace) -> None:
 def child_command(args: argparse.Namespace, kind: str, n: int) -> list[str]:
     return [
         sys.executable, __file__, "--input-size", *map(str, args.input_size), "--batch-size", str(args.batch_size),
-        "--backbone", args.backbone, "--layers", args.layers, "--workdir", str(args.workdir),
+        "--backbone", args.backbone, "--weights", args.weights, "--layers", args.layers, "--workdir", str(args.workdir),
         "--corpus", args.corpus, "--megapixels", str(args.megapixels), "--measure", kind, "--n", str(n),
+        *(["--mixed-precision"] if args.mixed_precision else []), *(["--xla"] if args.xla else []),
     ]
 
 

@@ -31,19 +31,11 @@ EXTRACT_DESCRIPTION = (
 
 def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) -> list[tuple[str, tuple, int]]:
     """(name, output shape, float32 bytes per image) for every layer; shapes do not depend on the weights."""
-    import keras
     import numpy as np
 
-    from pipeline.extraction.backbone import ARCHITECTURES, architecture
-    from pipeline.validation import check_one_of
+    from pipeline.extraction.backbone import headless_model
 
-    if backbone.endswith(".keras"):
-        if not Path(backbone).is_file():
-            raise ConfigError(f"backbone must be a keras.applications name or a .keras file. Received: {backbone=}")
-        model = keras.saving.load_model(backbone, safe_mode=True, compile=False)
-    else:
-        native = ARCHITECTURES[check_one_of("backbone", backbone, ARCHITECTURES)].native_size
-        model = architecture(backbone, tuple(input_size) if input_size else (native, native))
+    model = headless_model(backbone, input_size)
     return [
         (layer.name, tuple(layer.output.shape[1:]), 4 * int(np.prod(layer.output.shape[1:], dtype=np.int64)))
         for layer in model.layers
@@ -53,7 +45,13 @@ def describe_layers(backbone: str, input_size: tuple[int, int] | None = None) ->
 def cmd_layers(args: argparse.Namespace) -> None:
     from pipeline.extraction.model import pooled_shape
 
-    rows = describe_layers(args.backbone, tuple(args.input_size) if args.input_size else None)
+    input_size = tuple(args.input_size) if args.input_size else None
+    rows = describe_layers(args.backbone, input_size)
+    if args.blocks:  # what extract.layers: blocks extracts
+        from pipeline.extraction.blocks import block_layers
+
+        by_name = {row[0]: row for row in rows}
+        rows = [by_name[name] for name in block_layers(args.backbone, input_size)]
     width = max(len(name) for name, _, _ in rows)
     print(f"{'layer':<{width}}  {'output shape':<20}  bytes/image (float32) by pooling: none | avg, max | pyramid")
     for name, shape, size in rows:
@@ -134,9 +132,8 @@ def default_layer(extract: Mapping[str, Any]) -> str:
     config = ExtractConfig.from_params({**extract, "layers": ["last"]})  # every other key is checked before building
     import keras
 
-    # Automatic layer names (mobilenetv3's activation_17) count up per Keras session: name the layer as a fresh
-    # process does (`python -m pipeline layers`), and leave a fresh session for the extraction's model.
-    keras.backend.clear_session()
+    # Automatic layer names (mobilenetv3's activation_17) count up per Keras session: describe_layers names the layer
+    # as a fresh process does (`python -m pipeline layers`); leave a fresh session for the extraction's model.
     name = describe_layers(config.backbone, config.input_size)[-1][0]
     keras.backend.clear_session()
     why = (
@@ -225,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     layers = commands.add_parser("layers", help="list a backbone's layers with output shape and bytes per image")
     layers.add_argument("backbone", help="a keras.applications name (vgg16, mobilenet, ...) or a .keras file")
     layers.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the native size")
+    layers.add_argument(
+        "--blocks", action="store_true",
+        help="only the output of every block, in depth order: what extract.layers: blocks extracts",
+    )
     layers.set_defaults(func=cmd_layers)
 
     extract = commands.add_parser(

@@ -38,6 +38,10 @@ ON_ERROR = ("skip", "fail")
 FLIPS = ("none", "horizontal", "vertical", "both")
 # The raw-pixel baseline's dataset in a features file: the decoded images, downscaled (extract.pixels).
 PIXELS = "pixels"
+# extract.layers: blocks, the output of every block of a keras.applications backbone in depth order. The config holds
+# it as one entry of that name, with the pooling and dtype of every block; stage one expands it to the layer names
+# (pipeline.extraction.blocks.expand_blocks) before the config is hashed or recorded.
+BLOCKS = "blocks"
 # Where extraction runs, in what pieces, and how many earlier outputs it keeps for reuse: none changes the file's
 # content, so none is hashed or recorded, or a DVC dependency.
 PLACEMENT = ("cluster", "shard_size", "reuse")
@@ -280,11 +284,12 @@ class ExtractConfig:
     )
     layers: tuple[LayerSpec, ...] = field(
         default=(),
-        metadata={"help": "the layers to extract, all in one forward pass: names (comma-separated), or a mapping "
-                          "name -> {pooling, dtype}", "metavar": "NAME,...", "defaults": LayerSpec},
+        metadata={"help": "the layers to extract, all in one forward pass: names (comma-separated), a mapping "
+                          f"name -> {{pooling, dtype}}, or {BLOCKS} (the output of every block, in depth order)",
+                  "metavar": "NAME,...", "defaults": LayerSpec},
     )
     batch_size: int | str = field(
-        default="auto", metadata={"help": "images per batch, or auto: 256 with a GPU, 32 on CPU"}
+        default="auto", metadata={"help": "images per batch, or auto: on a GPU the largest that fits (from 1024, halved on out-of-memory errors), 32 on CPU"}
     )
     compression: str | None = field(
         default=None, metadata={"help": f"HDF5 compression (lossless): null | {' | '.join(COMPRESSIONS)}"}
@@ -367,6 +372,8 @@ class ExtractConfig:
             raise invalid("extract.layers", names, "a non-empty list of layer names")
         if len(set(names)) != len(names):
             raise ConfigError(f"extract.layers must not repeat a layer. Received: extract.layers={names}")
+        if BLOCKS in names and len(names) > 1:
+            raise invalid("extract.layers", names, f"{BLOCKS!r} alone (the output of every block) or layer names without it")
         if PIXELS in names:
             raise ConfigError(
                 f"extract.layers must not name {PIXELS!r}: it is the raw-pixel baseline, set by extract.pixels "
@@ -395,6 +402,11 @@ class ExtractConfig:
         return [spec.name for spec in self.layers]
 
     @property
+    def blocks(self) -> bool:
+        """Whether ``extract.layers`` is ``blocks``, not yet expanded to the backbone's layer names (stage one does)."""
+        return self.layer_names == [BLOCKS]
+
+    @property
     def stored_layers(self) -> tuple[LayerSpec, ...]:
         """Every dataset under ``/features``: the backbone layers, then ``pixels`` when ``extract.pixels`` is set."""
         pixels = (LayerSpec(PIXELS, pooling="none", dtype="float32"),) if self.pixels is not None else ()
@@ -409,7 +421,7 @@ class ExtractConfig:
         return params
 
 
-LAYERS_FORM = "a list of layer names or a mapping name -> {pooling, dtype}"
+LAYERS_FORM = f"a list of layer names, a mapping name -> {{pooling, dtype}}, or {BLOCKS!r}"
 
 
 def _layer_specs(layers: Any, defaults: Mapping[str, str]) -> tuple[LayerSpec, ...]:
@@ -606,6 +618,46 @@ class TrainConfig:
         return _from_mapping(cls, "train", mapping, required=("layers",))
 
 
+PROBE_ESTIMATORS = ("logistic_regression",)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The ``probe`` section: a cheap linear probe on every stored layer (``pipeline.classification.probe``).
+
+    Each layer's rows are standardized on the train split and ``estimator`` is fitted once per ``C`` (in ascending
+    order, each fit warm-started from the one before: a regularization path), for at most ``max_iter`` iterations
+    to tolerance ``tol``. The ``C`` with the best val accuracy (ties: the smaller, more regularized one) gives the
+    layer's test accuracy. ``pixels``: also probe the raw-pixel baseline (layer ``pixels``, when stored) as depth 0.
+    """
+
+    estimator: str = "logistic_regression"
+    C: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    max_iter: int = 300
+    tol: float = 1e-4
+    pixels: bool = True
+
+    def __post_init__(self):
+        check_one_of("probe.estimator", self.estimator, PROBE_ESTIMATORS)
+        grid = self.C
+        if not isinstance(grid, (list, tuple)) or not grid or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c < float("inf") for c in grid
+        ):
+            raise invalid("probe.C", grid, "a non-empty list of positive numbers (the regularization grid)")
+        if len(set(grid)) != len(grid):
+            raise invalid("probe.C", grid, "a list of positive numbers without repeats")
+        object.__setattr__(self, "C", tuple(sorted(float(c) for c in grid)))
+        check_int("probe.max_iter", self.max_iter, minimum=1)
+        hint = " (YAML reads a number like 1e-4 without a decimal point as a string: write 1.0e-4)" if isinstance(
+            self.tol, str) else ""
+        object.__setattr__(self, "tol", check_number("probe.tol", self.tol, 0, open_min=True, hint=hint))
+        check_bool("probe.pixels", self.pixels)
+
+    @classmethod
+    def from_params(cls, mapping: Any) -> ProbeConfig:
+        return _from_mapping(cls, "probe", mapping)
+
+
 def config_hash(identity: Mapping[str, Any]) -> str:
     """A stable sha256 over JSON-able config data (sorted keys), used to tell feature files apart."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
@@ -714,5 +766,6 @@ class FinetuneConfig:
                     f"on the layer's features as extracted. Received: {where}.head={self.head!r}, whose "
                     f"classifiers.{self.head}.{step}={entry[step]!r}"
                 )
-        trained = [layer for layer in train.layers if layer in extract.layer_names]
+        # extract.layers: blocks names its layers once stage one expands it: fine-tuning checks the features file's
+        trained = [layer for layer in train.layers if extract.blocks or layer in extract.layer_names]
         check_one_of(f"{where}.layer", self.layer, trained)

@@ -6,7 +6,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,9 @@ from pipeline.classification.models import (
     read_metadata,
     write_metadata,
 )
-from pipeline.config import FINETUNE_HEAD, AugmentConfig, ExtractConfig, FinetuneConfig
+from pipeline.config import FINETUNE_HEAD, AugmentConfig, ExtractConfig, FinetuneConfig, LayerSpec
 from pipeline.extraction.augment import augment, view_rng
-from pipeline.extraction.backbone import Backbone, load_backbone, preprocessor
+from pipeline.extraction.backbone import Backbone, load_backbone
 from pipeline.extraction.hashing import hash_files
 from pipeline.extraction.images import decode_image, iter_batches, pad_batch
 from pipeline.store import row_images
@@ -82,12 +82,6 @@ def check_images(features: str | Path, images: str | Path) -> None:
         )
 
 
-def preprocess_function(config: ExtractConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """The backbone's input scaling for ``config``, without building the backbone: ``keras.applications.<module>
-    .preprocess_input``, or for a ``.keras`` backbone ``imagenet_utils.preprocess_input`` in its recorded mode."""
-    return preprocessor(config.backbone, config.preprocessing)
-
-
 def load_head(head_dir: str | Path, layer: str, name: str = "head"):
     """The trained Keras head in ``head_dir`` and its ``model.json``; refused unless it is a ``keras_head`` trained on
     ``layer`` alone, with no pool or PCA step before it (the head's own Normalization layer is part of it)."""
@@ -114,9 +108,11 @@ def load_head(head_dir: str | Path, layer: str, name: str = "head"):
 
 def build_model(
     backbone: Backbone, layer: str, pooling: str, head, trainable_from: str | None = None,
-    trainable_layers: int | None = None, name: str = "finetune",
+    trainable_layers: int | None = None, name: str = "finetune", preprocessing: str | None = None,
 ):
-    """``image -> backbone cut at layer (training=False) -> pooling -> head layers`` and its trainable layer names.
+    """``uint8 image -> preprocess_input -> backbone cut at layer (training=False) -> pooling -> head layers`` and its
+    trainable layer names. The preprocessing and pooling are the extract stage's own on-device layers
+    (``pipeline.extraction.graph``; ``preprocessing``: a ``.keras`` backbone's recorded mode).
 
     Every BatchNormalization layer, of the backbone and of the head, runs in inference mode (its moving statistics,
     as the Keras transfer-learning guide requires): the cut backbone and the head's BatchNormalization are called
@@ -130,10 +126,9 @@ def build_model(
     """
     import keras
 
+    from pipeline.extraction.graph import pooled_output, preprocess_layer  # imports Keras
+
     where = f"finetune.{name}"
-    if pooling not in ("avg", "max", "none"):
-        raise invalid(f"the pooling of {layer} in the features file", pooling, "one of ['avg', 'max', 'none'] to "
-                      "fine-tune from it (pyramid pooling has no Keras layer here yet)")
     backbone.check_layers([layer], f"{where}.layer")
     cut = keras.Model(backbone.model.inputs, backbone.model.get_layer(layer).output, name=BACKBONE)
     cut.trainable = True  # load_backbone froze it all; now freeze per layer
@@ -153,13 +148,10 @@ def build_model(
     for index, item in enumerate(cut.layers[1:]):
         item.trainable = index >= first and not isinstance(item, keras.layers.BatchNormalization)
 
-    inputs = keras.Input((*backbone.input_size, 3), name="image")
-    x = cut(inputs, training=False)
-    if pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
-    else:  # unpooled maps were stored flattened in row-major (h, w, c) order, which is Flatten's
+    inputs = keras.Input((*backbone.input_size, 3), dtype="uint8", name="image")
+    x = cut(preprocess_layer(backbone, preprocessing)(inputs), training=False)
+    x = pooled_output(x, LayerSpec(layer, pooling))
+    if len(x.shape) > 2:  # unpooled maps were stored flattened in row-major (h, w, c) order, which is Flatten's
         x = keras.layers.Flatten(name="flatten")(x)
     width, expected = int(x.shape[-1]), int(head.input_shape[-1])
     if width != expected:
@@ -188,10 +180,9 @@ def _chain(head) -> list:
 
 def image_batches(
     rows: ImageRows, targets: np.ndarray, size: tuple[int, int], interpolation: str, decode: str,
-    preprocess: Callable[[np.ndarray], np.ndarray], batch_size: int, augmentation: AugmentConfig | None = None,
-    shuffle_seed: int | None = None, workers: int = 4,
+    batch_size: int, augmentation: AugmentConfig | None = None, shuffle_seed: int | None = None, workers: int = 4,
 ):
-    """A ``keras.utils.PyDataset`` of ``(preprocessed images, targets)`` batches, decoded from disk as they are asked
+    """A ``keras.utils.PyDataset`` of ``(uint8 images, targets)`` batches, decoded from disk as they are asked
     for (``workers`` threads per batch), never holding more than a batch.
 
     Its ``epoch`` attribute (set by ``EpochSetter``) decides the epoch's order (``shuffle_seed``: a seeded
@@ -225,7 +216,7 @@ def image_batches(
         def __getitem__(self, batch: int):
             chosen = self.order()[batch * batch_size : (batch + 1) * batch_size]
             images = np.stack(list(self.pool.map(self.load, chosen)))
-            return preprocess(images.astype(np.float32)), targets[chosen]
+            return images, targets[chosen]
 
     return ImageBatches()
 
@@ -340,7 +331,8 @@ def finetune_model(
         )
     pooling = specs[config.layer].pooling
     model, trainable = build_model(
-        backbone, config.layer, pooling, head, config.trainable_from, config.trainable_layers, config.name
+        backbone, config.layer, pooling, head, config.trainable_from, config.trainable_layers, config.name,
+        extract.preprocessing,
     )
     classes = head_metadata["classes"]
     train_rows, val_rows = image_rows(features, images, "train"), image_rows(features, images, "val")
@@ -348,7 +340,7 @@ def finetune_model(
     def batches(rows: ImageRows, split: str, **options):
         return image_batches(
             rows, encode_labels(rows.labels, classes, f"the {split} split"), backbone.input_size, extract.interpolation,
-            extract.decode, preprocess_function(extract), config.batch_size, **options,
+            extract.decode, config.batch_size, **options,
         )
 
     train = batches(train_rows, "train", augmentation=config.augment, shuffle_seed=config.seed)
@@ -374,7 +366,7 @@ def finetune_model(
             "classifier": head_metadata["classifier"], "model": str(head_dir),
             "val_loss": head_val_loss(head_metadata), "val_accuracy": head_metadata["val_accuracy"],
         },
-        pooling=pooling, input="decoded RGB images, resized to input_size, then the backbone's preprocessing",
+        pooling=pooling, input="decoded RGB images as uint8, resized to input_size (the model preprocesses them)",
         classes=list(classes), image_root=str(images), trainable_layer_names=trainable,
         initial_val_loss=fitted.initial_val_loss, initial_val_accuracy=fitted.initial_val_accuracy,
         best_epoch=fitted.best_epoch, val_loss=fitted.val_loss,
@@ -395,26 +387,33 @@ def head_val_loss(metadata: dict[str, Any]) -> float | None:
 
 
 def load_finetuned(model_dir: str | Path):
-    """A fine-tuned model saved by ``finetune_model`` and its ``model.json`` (``safe_mode=True``)."""
+    """A fine-tuned model saved by ``finetune_model`` and its ``model.json`` (``safe_mode=True``): uint8 images in."""
     import keras
+
+    import pipeline.extraction.graph  # noqa: F401  registers the model's preprocessing and pooling layers
 
     metadata = read_metadata(model_dir)
     if metadata.get("kind") != FINETUNED:
         raise ConfigError(f"{model_dir} is not a fine-tuned model (model.json kind {metadata.get('kind')!r})")
-    return keras.saving.load_model(Path(model_dir) / metadata["file"], safe_mode=True), metadata
+    model = keras.saving.load_model(Path(model_dir) / metadata["file"], safe_mode=True)
+    if model.inputs[0].dtype != "uint8":
+        raise ConfigError(
+            f"{model_dir} was fine-tuned by an earlier version (it takes preprocessed float images); fine-tune it "
+            "again (dvc repro re-runs the stage)"
+        )
+    return model, metadata
 
 
 def image_predictions(
     model, rows: ImageRows, extract: ExtractConfig, classes: Sequence[int], n_classes: int, batch_size: int,
 ) -> Predictions:
     """The model's outputs on ``rows``, streamed from disk ``batch_size`` images at a time (decoded in threads)."""
-    preprocess, size = preprocess_function(extract), tuple(model.input_shape[1:3])
+    size = tuple(model.input_shape[1:3])
     probas, seconds = [], 0.0
     for batch in iter_batches(rows.paths, size, extract.interpolation, extract.decode, batch_size, on_error="fail"):
         n = len(batch.images)  # a short last batch is padded: one input shape, one traced function
-        x = preprocess(pad_batch(batch.images, batch_size).astype(np.float32))
         started = time.perf_counter()
-        probas.append(np.asarray(model.predict_on_batch(x))[:n])
+        probas.append(np.asarray(model.predict_on_batch(pad_batch(batch.images, batch_size)))[:n])
         seconds += time.perf_counter() - started
     proba = spread_probabilities(np.concatenate(probas), classes, n_classes)
     return Predictions(rows.labels, np.argmax(proba, axis=1), proba, seconds)

@@ -18,9 +18,9 @@ from pipeline.extraction import accelerate
 from pipeline.extraction.backbone import Backbone, load_backbone
 from pipeline.extraction.dataset import IMAGE_EXTENSIONS, image_files
 from pipeline.extraction.images import iter_batches
-from pipeline.extraction.model import pooled_shape, stored_values
+from pipeline.extraction.model import stored_values
 from pipeline.extraction.provenance import feature_identity
-from pipeline.finetune import load_finetuned, preprocess_function
+from pipeline.finetune import load_finetuned
 from pipeline.validation import ConfigError, check_int
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,12 @@ class Predictor(ImagePredictor):
     config: ExtractConfig
     specs: tuple[LayerSpec, ...]  # the model's layers as extracted (name, pooling, storage dtype), concatenated in order
     backbone: Backbone
-    feature_model: Any  # the backbone sub-model for the specs' backbone layers; None for a pixels-only model
-    batch_size: int
+    feature_model: Any  # the feature_graph of the specs' backbone layers; None for a pixels-only model
+    device: accelerate.DeviceBatch
+
+    @property
+    def batch_size(self) -> int:
+        return self.device.size
 
     @property
     def labels(self) -> list[str]:
@@ -111,11 +115,9 @@ class Predictor(ImagePredictor):
         return self.backbone.input_size
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        """Flat features of decoded uint8 images: the extract stage's preprocess, forward pass, pooling and dtype
-        (and its downscale for the raw-pixel baseline)."""
-        values = stored_values(
-            self.feature_model, self.backbone, self.specs, images, self.batch_size, self.config.pixels
-        )
+        """Flat features of decoded uint8 images: the extract stage's feature function (preprocess, forward pass,
+        pooling and dtype), and its downscale for the raw-pixel baseline."""
+        values = stored_values(self.feature_model, self.device, self.specs, images, self.config.pixels)
         return np.hstack(
             [values[spec.name].astype(spec.dtype, copy=False).reshape(len(images), -1) for spec in self.specs]
         )
@@ -133,13 +135,12 @@ class Predictor(ImagePredictor):
 
 @dataclass(frozen=True)
 class FinetunedPredictor(ImagePredictor):
-    """A fine-tuned model (``pipeline.finetune``): the backbone and head are one Keras model, fed preprocessed images."""
+    """A fine-tuned model (``pipeline.finetune``): preprocessing, backbone and head are one Keras model on uint8 images."""
 
     model_dir: Path
     model: Any
     metadata: dict[str, Any]
     config: ExtractConfig
-    preprocess: Any
     batch_size: int
     measure: str = PROBABILITY
 
@@ -152,9 +153,8 @@ class FinetunedPredictor(ImagePredictor):
         return tuple(int(n) for n in self.model.input_shape[1:3])
 
     def image_outputs(self, images: np.ndarray) -> np.ndarray:
-        """Softmax probabilities of decoded uint8 images, after the backbone's preprocessing."""
-        x = self.preprocess(images.astype(np.float32))
-        return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float64)
+        """Softmax probabilities of decoded uint8 images."""
+        return np.asarray(self.model.predict(images, batch_size=self.batch_size, verbose=0), dtype=np.float64)
 
 
 def load_finetuned_predictor(model_dir: Path, batch_size: int | None = None) -> FinetunedPredictor:
@@ -168,7 +168,7 @@ def load_finetuned_predictor(model_dir: Path, batch_size: int | None = None) -> 
         metadata["features"]["backbone"], metadata["layer"], tuple(model.input_shape[1:3]), len(metadata["class_names"]),
     )
     return FinetunedPredictor(
-        model_dir, model, metadata, config, preprocess_function(config),
+        model_dir, model, metadata, config,
         batch_size or accelerate.resolve(config.batch_size, False, False).batch_size,
     )
 
@@ -229,23 +229,25 @@ def check_weights(model_dir: Path, metadata: dict[str, Any], backbone: Backbone)
         )
 
 
-def feature_model(model_dir: Path, backbone: Backbone, specs: Sequence[LayerSpec]):
-    """The backbone sub-model with the outputs the model needs (None if it needs pixels only); an absent layer is a
-    ConfigError."""
-    layers = [spec.name for spec in specs if spec.name != PIXELS]
+def feature_model(model_dir: Path, backbone: Backbone, specs: Sequence[LayerSpec], config: ExtractConfig, xla: bool):
+    """The extract stage's ``feature_graph`` for the outputs the model needs (None if it needs pixels only); an
+    absent layer is a ConfigError."""
+    from pipeline.extraction.graph import feature_graph  # imports Keras
+
+    layers = [spec for spec in specs if spec.name != PIXELS]
     if not layers:
         return None
-    return backbone.feature_model(layers, key=f"the layers of {model_dir / 'model.json'}")
+    return feature_graph(backbone, layers, config.preprocessing, xla, key=f"the layers of {model_dir / 'model.json'}")
 
 
 def check_width(model_dir: Path, estimator: Any, specs: Sequence[LayerSpec], model, pixels: int | None) -> None:
     """Refuse when the layers' stored width differs from the number of features the classifier was fitted on."""
     outputs = iter(model.outputs if model is not None else ())
     shapes = [(pixels, pixels, 3) if spec.name == PIXELS else tuple(next(outputs).shape[1:]) for spec in specs]
-    width = sum(int(np.prod(pooled_shape(shape, spec.pooling), dtype=np.int64)) for spec, shape in zip(specs, shapes))
+    width = sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes)
     expected = getattr(estimator, "n_features_in_", None)
     if expected is not None and int(expected) != width:
-        described = ", ".join(f"{spec.name!r} ({spec.pooling} pooling of {shape})" for spec, shape in zip(specs, shapes))
+        described = ", ".join(f"{spec.name!r} ({spec.pooling} pooling: {shape})" for spec, shape in zip(specs, shapes))
         raise ConfigError(f"model {model_dir} expects {expected} features, but {described} give {width}")
 
 
@@ -277,17 +279,15 @@ def load_predictor(model_dir: str | Path, batch_size: int | None = None) -> Pred
     with accelerate.precision(compute.mixed_precision):
         backbone = load_backbone(config.backbone, config.weights, config.input_size, preprocessing=config.preprocessing)
         check_weights(model_dir, metadata, backbone)
-        model = feature_model(model_dir, backbone, specs)
+        model = feature_model(model_dir, backbone, specs, config, compute.xla)
     check_compute(model_dir, metadata, config, backbone, compute)
     check_width(model_dir, estimator, specs, model, config.pixels)
-    if compute.xla and model is not None:
-        model.compile(jit_compile=True)
     log.info(
         "model %s: %s on %s of %s at %s, %d classes",
         model_dir, metadata.get("estimator"), " + ".join(f"{s.name} ({s.pooling}, {s.dtype})" for s in specs),
         backbone.name, backbone.input_size, len(metadata["class_names"]),
     )
-    return Predictor(model_dir, estimator, metadata, config, specs, backbone, model, compute.batch_size)
+    return Predictor(model_dir, estimator, metadata, config, specs, backbone, model, compute.device_batch())
 
 
 def predict_images(

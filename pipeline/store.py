@@ -137,6 +137,7 @@ class FeatureWriter:
         self.layout = _row_datasets(capacity, layers, views, path_bytes, split_bytes)
         self.compression = compression
         self._skipped: list[tuple[str, str]] = []
+        self.final_attrs: dict[str, int | float | str] = {}  # set at the end of a run, e.g. the device batch size used
         self.file = self._resume(resume_key)
         try:
             with self._guard():
@@ -423,7 +424,8 @@ class FeatureWriter:
         log.info("rolled back the interrupted finishing steps of %s", self.tmp)
 
     def _finish(self) -> None:
-        """Trim the datasets to the rows written, add ``/split_code`` and ``/skipped``, mark the file complete."""
+        """Trim the datasets to the rows written, add ``/split_code``, ``/skipped`` and ``final_attrs``, mark the file
+        complete."""
         f = self.file
         for name in self.layout:
             f[name].resize(self.rows, axis=0)
@@ -432,6 +434,7 @@ class FeatureWriter:
         for name, column in (("path", paths), ("reason", reasons)):
             values = _encode(column, text_dtype(longest(column)), f"skipped/{name}")
             f.create_dataset(f"skipped/{name}", data=values, track_times=False)
+        f.attrs.update(self.final_attrs)
         f.attrs["n_rows"] = self.rows
         f.attrs["complete"] = True
         f.close()

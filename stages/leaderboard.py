@@ -1,4 +1,5 @@
-"""DVC stage leaderboard: every classifier x layer and fine-tuned model of params.yaml ranked by test accuracy."""
+"""DVC stage leaderboard: every classifier x layer and fine-tuned model of params.yaml ranked by test accuracy, and the
+linear probe's best block."""
 
 import argparse
 
@@ -12,6 +13,7 @@ def main() -> None:
     parser.add_argument(
         "--eval", required=True, help="folder holding <classifier>/<layer>/metrics.json and finetune/<name>/metrics.json"
     )
+    parser.add_argument("--probe", help="the probe stage's metrics.json, whose best block the leaderboard names")
     parser.add_argument("--out", required=True, help="folder for leaderboard.csv, .md, .json and .png")
     args = parser.parse_args()
     params = load_params()
@@ -21,6 +23,7 @@ def main() -> None:
     write_leaderboard(
         args.eval, list(classifiers), layers, args.out, {name: config.layer for name, config in runs.items()},
         augmented=augmented_twins(classifiers), heads={name: config.head for name, config in runs.items()},
+        probe=args.probe,
     )
 
 

@@ -40,6 +40,35 @@ def test_describe_layers_follows_the_input_size():
     assert rows["conv_pw_13_relu"] == ((4, 4, 1024), 4 * 4 * 4 * 1024)
 
 
+def test_layers_blocks_prints_only_the_expansion_in_depth_order(capsys):
+    args = build_parser().parse_args(["layers", "mobilenet", "--blocks", "--input-size", "32", "32"])
+    args.func(args)
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[:2] == ["layer", "output"]
+    assert [line.split()[0] for line in lines] == [f"conv_pw_{n}_relu" for n in range(1, 14)]
+    # unpooled 16 x 16 x 64 floats; avg or max: 64; pyramid: 21 x 64
+    assert lines[0].split()[1:] == ["(16,", "16,", "64)", "64.0", "KiB", "|", "256", "B", "|", "5.2", "KiB"]
+
+
+def test_layers_blocks_of_a_keras_file_is_an_error_listing_its_layers(tmp_path):
+    import keras
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    path = tmp_path / "mine.keras"
+    keras.Model(inputs, keras.layers.Conv2D(4, 3, name="features")(inputs)).save(path)
+    args = build_parser().parse_args(["layers", str(path), "--blocks"])
+    with pytest.raises(ConfigError, match=re.escape("not for a .keras file. Its 2 layers: image, features.")):
+        args.func(args)
+
+
+def test_layers_blocks_flag_keeps_every_blocks_pooling(outside):
+    from pipeline.extraction.blocks import expand_blocks
+
+    config = settings("--layers", "blocks", "--pooling", "pyramid")
+    assert config.layers == (LayerSpec("blocks", "pyramid", "float32"),)
+    assert {spec.pooling for spec in expand_blocks(config).layers} == {"pyramid"}
+
+
 @pytest.mark.slow
 def test_layers_unknown_backbone_is_a_clear_error():
     result = cli("layers", "vgg61")
@@ -128,7 +157,8 @@ def test_every_extract_field_has_a_flag_with_its_help(capsys):
     assert all(f.metadata.get("help") for f in fields.values()), "every field's help text lives beside it"
     words = " ".join(help_text.split())
     assert "--split-seed SEED keys the content hash that decides each image's split (default: 0)" in words
-    assert "(comma-separated), or a mapping name -> {pooling, dtype} (default: the backbone's last layer)" in words
+    assert ("(comma-separated), a mapping name -> {pooling, dtype}, or blocks (the output of every block, in depth "
+            "order) (default: the backbone's last layer)") in words
 
 
 @pytest.mark.parametrize("key", sorted(SAMPLES))

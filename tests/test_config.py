@@ -210,16 +210,31 @@ def test_extract_layer_mapping_unknown_option_lists_the_allowed_options():
         ({"a": {"dtype": "float64"}}, "extract.layers.a.dtype must be one of ['float16', 'float32']. Received: extract.layers.a.dtype='float64'"),
         ([], "extract.layers must be a non-empty list of layer names. Received: extract.layers=[]"),
         (["a", "a"], "extract.layers must not repeat a layer. Received: extract.layers=['a', 'a']"),
-        ([""], "extract.layers must be a list of layer names or a mapping name -> {pooling, dtype}. "
+        ([""], "extract.layers must be a list of layer names, a mapping name -> {pooling, dtype}, or 'blocks'. "
                "Received: extract.layers=['']"),
         ({"": {}}, "Received: extract.layers={'': {}}"),
-        (7, "extract.layers must be a list of layer names or a mapping name -> {pooling, dtype}. "
+        (7, "extract.layers must be a list of layer names, a mapping name -> {pooling, dtype}, or 'blocks'. "
             "Received: extract.layers=7"),
+        ("blocks, conv_pw_1_relu", "extract.layers must be 'blocks' alone (the output of every block) or layer names "
+                                   "without it. Received: extract.layers=['blocks', 'conv_pw_1_relu']"),
     ],
 )
 def test_extract_bad_layers_are_refused(layers, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ExtractConfig.from_params(extract(layers=layers))
+
+
+@pytest.mark.parametrize("layers", ["blocks", ["blocks"], {"blocks": None}])
+def test_extract_layers_blocks_is_one_entry_with_the_default_pooling_for_stage_one_to_expand(layers):
+    config = ExtractConfig.from_params(extract(layers=layers))
+    assert config.blocks and config.layers == (LayerSpec("blocks", "avg", "float32"),)
+    assert ExtractConfig.from_params(config.to_params()) == config
+    assert not ExtractConfig.from_params(extract()).blocks
+
+
+def test_extract_layers_blocks_as_a_mapping_takes_its_own_pooling_and_dtype():
+    config = ExtractConfig.from_params(extract(layers={"blocks": {"pooling": "pyramid"}}, dtype="float16"))
+    assert config.layers == (LayerSpec("blocks", "pyramid", "float16"),)
 
 
 @pytest.mark.parametrize("layers", [["a"], {"a": {"dtype": "float16"}}])
@@ -651,3 +666,16 @@ def test_finetune_entry_is_checked_against_the_other_sections(change, message):
         FinetuneConfig.from_params({"top": FINETUNE}, "top").check_params(
             {**classifiers, "finetune": {"estimator": "sgd"}}, train, extract_config
         )
+
+
+def test_finetune_layer_with_extract_layers_blocks_is_checked_against_train_layers_only():
+    """The block names are known once stage one expands them; fine-tuning checks the features file's."""
+    from pipeline.config import FinetuneConfig
+
+    classifiers = {"dense_head": {"estimator": "keras_head"}}
+    train = TrainConfig.from_params({"layers": ["conv_pw_13_relu"]})
+    blocks = ExtractConfig.from_params(extract(layers="blocks"))
+    FinetuneConfig.from_params({"top": FINETUNE}, "top").check_params(classifiers, train, blocks)
+    untrained = FinetuneConfig.from_params({"top": {**FINETUNE, "layer": "conv_pw_7_relu"}}, "top")
+    with pytest.raises(ConfigError, match=re.escape("finetune.top.layer must be one of ['conv_pw_13_relu']")):
+        untrained.check_params(classifiers, train, blocks)

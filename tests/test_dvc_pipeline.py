@@ -18,6 +18,7 @@ CLASSIFIERS = ["logreg", "linear_svm", "sgd_stream", "dense_head"]  # with and w
 LAYERS = ["pixels", "conv_pw_7_relu"]  # the test's matrix: 4 classifiers x 2 layers (every stage costs seconds)
 FINETUNED = "finetune/mobilenet_top"  # the default fine-tuning entry, moved to conv_pw_7_relu (in the matrix)
 RUNS = [f"{c}/{layer}" for c in CLASSIFIERS for layer in LAYERS]
+PROBE = "data/probe/metrics.json"  # the linear probe over every stored layer
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_repro_writes_the_features_file_layout(repo):
 def test_metrics_for_every_classifier_and_layer(repo):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
     metrics = next(iter(shown.values()))["data"]
-    assert sorted(metrics) == sorted(f"data/eval/{run}/metrics.json" for run in [*RUNS, FINETUNED])
+    assert sorted(metrics) == sorted([*(f"data/eval/{run}/metrics.json" for run in [*RUNS, FINETUNED]), PROBE])
     for run_name in [*RUNS, FINETUNED]:
         values = metrics[f"data/eval/{run_name}/metrics.json"]["data"]
         assert 0.0 <= values["accuracy"] <= 1.0 and values["n"] == 15
@@ -80,6 +81,7 @@ def test_leaderboard_ranks_every_classifier_and_layer(repo):
     markdown = (repo / "data" / "leaderboard" / "leaderboard.md").read_text()
     assert markdown.startswith("| rank | classifier | layer | accuracy |")
     assert "Transfer vs raw pixels" in markdown and "- dense_head: `conv_pw_7_relu`" in markdown
+    assert "Linear probe over all 2 stored backbone layers: best block `conv_pw_" in markdown
 
 
 def test_plots_render_for_every_classifier_and_layer(repo, tmp_path):
@@ -109,6 +111,12 @@ def test_plots_render_for_every_classifier_and_layer(repo, tmp_path):
     assert board["content"]["encoding"]["x"]["field"] == "accuracy"
     [heat] = plots["data/leaderboard/leaderboard.png"]
     assert Path(heat["url"]).read_bytes()[:4] == b"\x89PNG"
+    # The probe's curve (the custom template in .dvc/plots): raw pixels at depth 0, then every stored layer.
+    [probe] = plots["data/probe/curve.json"]
+    assert probe["type"] == "vega" and probe["content"]["encoding"]["color"]["field"] == "probe"
+    assert [row["layer"] for row in probe["content"]["data"]["values"]] == ["pixels", "conv_pw_7_relu", "conv_pw_13_relu"]
+    [probe_png] = plots["data/probe/curve.png"]
+    assert Path(probe_png["url"]).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_generated_files_stay_out_of_git(repo):

@@ -64,3 +64,28 @@ def test_no_stage_writes_where_users_keep_their_images():
     assert "data/images" not in outs and not any(str(out).startswith("data/images") for out in outs)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert params["data"] == {"images": "data/demo", "image_root": None}
+
+
+def test_the_probe_reads_the_features_file_and_the_leaderboard_names_its_best_block():
+    probe = STAGES["probe"]
+    assert probe["cmd"] == "python stages/probe.py --features data/features.h5 --out data/probe"
+    assert "data/features.h5" in probe["deps"] and probe["params"] == ["probe"]  # memory bounds change no output
+    assert probe["metrics"] == ["data/probe/metrics.json"]
+    plot, image = probe["plots"]
+    assert image == "data/probe/curve.png"
+    assert plot["data/probe/curve.json"]["x"] == "depth" and plot["data/probe/curve.json"]["y"] == "val_accuracy"
+    leaderboard = STAGES["leaderboard"]
+    assert "--probe data/probe/metrics.json" in leaderboard["cmd"] and "data/probe/metrics.json" in leaderboard["deps"]
+
+
+def test_every_plot_template_is_built_in_or_in_the_repository():
+    from dvc_render.vega_templates import TEMPLATES
+
+    builtin = {template.DEFAULT_NAME for template in TEMPLATES}
+    used = {
+        props["template"]
+        for spec in STAGES.values() for plot in spec.get("do", spec).get("plots", []) if isinstance(plot, dict)
+        for props in plot.values() if "template" in props
+    }
+    missing = [name for name in used - builtin if not (REPO / ".dvc" / "plots" / f"{name}.json").is_file()]
+    assert not missing, f"dvc.yaml uses plot templates that are neither built in nor in .dvc/plots: {missing}"

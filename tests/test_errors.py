@@ -20,6 +20,7 @@ from pipeline.config import (
     ExtractConfig,
     FinetuneConfig,
     PrepareConfig,
+    ProbeConfig,
     TrainConfig,
     load_params,
     section,
@@ -33,10 +34,11 @@ TRAINED = "['conv_pw_13_relu', 'conv_pw_3_relu', 'conv_pw_7_relu']"
 
 
 def parse(params: dict[str, Any]) -> None:
-    """Every section, read as the stages read it (prepare, extract, train, finetune, leaderboard)."""
+    """Every section, read as the stages read it (prepare, extract, probe, train, finetune, leaderboard)."""
     PrepareConfig.from_params(section(params, "prepare"))
     DataConfig.from_params(section(params, "data"))
     extract = ExtractConfig.from_params(section(params, "extract"))
+    ProbeConfig.from_params(section(params, "probe"))
     train = TrainConfig.from_params(section(params, "train"))
     classifiers = section(params, "classifiers")
     for name in classifiers:
@@ -100,8 +102,11 @@ ROWS = [
     ("extract.layers", {"conv_pw_3_relu": "max"},
      "extract.layers.conv_pw_3_relu must be a mapping. Received: extract.layers.conv_pw_3_relu='max'"),
     ("extract.layers", [], "extract.layers must be a non-empty list of layer names. Received: extract.layers=[]"),
-    ("extract.layers", 7, "extract.layers must be a list of layer names or a mapping name -> {pooling, dtype}. "
-                          "Received: extract.layers=7"),
+    ("extract.layers", 7, "extract.layers must be a list of layer names, a mapping name -> {pooling, dtype}, or "
+                          "'blocks'. Received: extract.layers=7"),
+    ("extract.layers", ["blocks", "conv_pw_3_relu"],
+     "extract.layers must be 'blocks' alone (the output of every block) or layer names without it. "
+     "Received: extract.layers=['blocks', 'conv_pw_3_relu']"),
     # extract.split and extract.augment
     ("extract.split.val_fraction", 0, "extract.split.val_fraction must be a number in (0, 1). "
                                       "Received: extract.split.val_fraction=0"),
@@ -114,6 +119,15 @@ ROWS = [
     ("extract.augment.flip", "sideways", f"extract.augment.flip must be one of {FLIPS}. "
                                          "Received: extract.augment.flip='sideways'"),
     ("extract.augment_views", -1, "extract.augment_views must be an integer >= 0. Received: extract.augment_views=-1"),
+    # probe
+    ("probe.C", [], "probe.C must be a non-empty list of positive numbers (the regularization grid). Received: probe.C=[]"),
+    ("probe.C", [0.1, 0.1], "probe.C must be a list of positive numbers without repeats. Received: probe.C=[0.1, 0.1]"),
+    ("probe.max_iter", 0, "probe.max_iter must be an integer >= 1. Received: probe.max_iter=0"),
+    ("probe.tol", "1e-4", "probe.tol must be a number > 0 (YAML reads a number like 1e-4 without a decimal point as a "
+                          "string: write 1.0e-4). Received: probe.tol='1e-4'"),
+    ("probe.estimator", "linear_svm", "probe.estimator must be one of ['logistic_regression']. "
+                                      "Received: probe.estimator='linear_svm'"),
+    ("probe.pixels", "no", "probe.pixels must be true or false. Received: probe.pixels='no'"),
     # train
     ("train.layers", [], "train.layers must be a non-empty list of layer names (a+b concatenates). Received: train.layers=[]"),
     ("train.memory_budget", "lots", "train.memory_budget must be a number of bytes or a size like '512MiB' (units ['B', "

@@ -259,7 +259,7 @@ def test_refuses_a_feature_width_the_classifier_was_not_fitted_on(lr_model, tmp_
         metadata["features"]["extract_config"]["layers"]["conv_pw_5_relu"]["pooling"] = "none"
 
     copy = edited_copy(lr_model, tmp_path, unpool)
-    message = r"expects 256 features, but 'conv_pw_5_relu' \(none pooling of \(8, 8, 256\)\) give 16384"
+    message = r"expects 256 features, but 'conv_pw_5_relu' \(none pooling: \(8, 8, 256\)\) give 16384"
     with pytest.raises(ConfigError, match=message):
         predict_images(copy, stored[0][:1])
 
@@ -281,13 +281,12 @@ def finetuned_model(features_file, digits_dir, head_model, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_fine_tuned_model_predicts_end_to_end(finetuned_model, stored, capsys):
-    import keras
 
     paths = stored[0]
     model, metadata = load_finetuned(finetuned_model)
     predictions = predict_images(finetuned_model, paths, top_k=10)
     (batch,) = iter_batches(paths, (64, 64), batch_size=len(paths))
-    expected = model.predict(keras.applications.mobilenet.preprocess_input(batch.images.astype(np.float32)), verbose=0)
+    expected = model.predict(batch.images, verbose=0)
     names = metadata["class_names"]
     np.testing.assert_allclose(np.stack([full_outputs(p, names) for p in predictions]), expected, atol=1e-5, rtol=0)
     assert [p.label for p in predictions] == [names[j] for j in expected.argmax(axis=1)]
@@ -305,7 +304,6 @@ def test_a_fine_tuned_model_predicts_end_to_end(finetuned_model, stored, capsys)
 def test_fine_tuning_an_unpooled_layer_starts_from_the_head_on_the_stored_maps(head_model, stored):
     """Before any training, backbone + Flatten + head equals the head on the stored (float16) maps: the maps are
     flattened in the order they were stored in."""
-    import keras
 
     paths, X, _ = stored
     estimator, _ = load_model(head_model)
@@ -314,5 +312,5 @@ def test_fine_tuning_an_unpooled_layer_starts_from_the_head_on_the_stored_maps(h
         load_backbone("mobilenet", "imagenet", (64, 64)), "conv_pw_13_relu", "none", head, trainable_layers=3
     )
     (batch,) = iter_batches(paths, (64, 64), batch_size=len(paths))
-    got = model.predict(keras.applications.mobilenet.preprocess_input(batch.images.astype(np.float32)), verbose=0)
+    got = model.predict(batch.images, verbose=0)
     np.testing.assert_allclose(got, estimator.predict_proba(X["conv_pw_13_relu"]), atol=2e-3, rtol=0)

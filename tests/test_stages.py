@@ -39,6 +39,13 @@ def test_a_folder_that_is_no_model_is_refused(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_probe_names_a_missing_features_file(tmp_path):
+    result = stage("probe", "--features", str(tmp_path / "none.h5"), "--out", str(tmp_path / "probe"))
+    assert result.returncode == 2
+    assert f"features file not found: {tmp_path / 'none.h5'}" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "probe").exists()
+
+
 def test_missing_image_folder_is_named(tmp_path):
     result = stage("extract", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "f.h5"))
     assert result.returncode == 2

@@ -1,4 +1,5 @@
-"""The leaderboard: every classifier x layer's and fine-tuned model's test metrics: CSV, Markdown, DVC plot, heat map."""
+"""The leaderboard: every classifier x layer's and fine-tuned model's test metrics (CSV, Markdown, DVC plot, heat map),
+and the linear probe's best block."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from pipeline.atomic import atomic_file, write_json
 from pipeline.classification.models import FINETUNED
 from pipeline.classification.plots import heatmap
+from pipeline.classification.probe import CURVE_PNG
 from pipeline.config import FINETUNE_FOLDER, PIXELS
 from pipeline.validation import ConfigError
 
@@ -110,6 +112,25 @@ def paired_gains(rows: Sequence[dict[str, Any]], pairs: Mapping[str, str]) -> li
     return gains
 
 
+def read_probe(path: str | Path) -> dict[str, Any]:
+    """The probe stage's ``metrics.json`` at ``path``, with ``curve``: the path of its curve PNG beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no probe metrics at {path}: run the probe stage (python stages/probe.py) first")
+    return {**json.loads(path.read_text()), "curve": str(path.with_name(CURVE_PNG))}
+
+
+def probe_line(probe: Mapping[str, Any]) -> str:
+    """The leaderboard's line on the linear probe (``read_probe``): its best block by val accuracy."""
+    pixels = probe.get("pixels")
+    baseline = f"; raw pixels: val {pixels['val_accuracy']:.3f}, test {pixels['test_accuracy']:.3f}" if pixels else ""
+    return (
+        f"Linear probe over all {probe['layers']} stored backbone layers: best block `{probe['best_layer']}` "
+        f"({probe['probe']}, C={probe['C']:g}, val {probe['val_accuracy']:.3f}, test {probe['test_accuracy']:.3f}"
+        f"{baseline}); curve in {probe['curve']}"
+    )
+
+
 def _cell(value: Any, key: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -117,11 +138,13 @@ def _cell(value: Any, key: str) -> str:
 
 
 def markdown(
-    rows: Sequence[dict[str, Any]], augmented: Mapping[str, str] | None = None, heads: Mapping[str, str] | None = None
+    rows: Sequence[dict[str, Any]], augmented: Mapping[str, str] | None = None, heads: Mapping[str, str] | None = None,
+    probe: Mapping[str, Any] | None = None,
 ) -> str:
-    """The leaderboard as a Markdown table (best first, the top row in bold), then the transfer-vs-pixels lines, and
-    the lines that say whether augmented views (``augmented``: classifier -> its twin without views) and fine-tuning
-    (``heads``: fine-tuned label -> the head it started from) helped."""
+    """The leaderboard as a Markdown table (best first, the top row in bold), then the transfer-vs-pixels lines, the
+    lines that say whether augmented views (``augmented``: classifier -> its twin without views) and fine-tuning
+    (``heads``: fine-tuned label -> the head it started from) helped, and the linear probe's best block (``probe``:
+    see ``read_probe``)."""
     lines = [
         "| rank | classifier | layer | " + " | ".join(HEADERS[key] for key in COLUMNS) + " |",
         "|---:|---|---|" + "---:|" * len(COLUMNS),
@@ -152,28 +175,33 @@ def markdown(
                 f"({g['gain']:+.3f})"
                 for g in found
             ]
+    if probe is not None:
+        lines += ["", probe_line(probe)]
     return "\n".join(lines) + "\n"
 
 
 def write_leaderboard(
     eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str], out_dir: str | Path,
     finetune: Mapping[str, str] | None = None, augmented: Mapping[str, str] | None = None,
-    heads: Mapping[str, str] | None = None,
+    heads: Mapping[str, str] | None = None, probe: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``leaderboard.csv``, ``leaderboard.md``, ``leaderboard.json`` (DVC bar plot) and ``leaderboard.png``.
-    ``augmented`` and ``heads``: see ``markdown`` (``heads`` by fine-tuned run name).
+    ``augmented`` and ``heads``: see ``markdown`` (``heads`` by fine-tuned run name); ``probe``: the probe stage's
+    ``metrics.json``, whose best block the Markdown names (None: no probe line).
 
     The PNG is a classifiers x layers heat map of test accuracy, with a row per fine-tuned run (its layer's cell
     only); the JSON has one row per run with ``run`` (``classifier · layer``) for DVC's bar_horizontal template.
     """
     rows = collect(eval_dir, classifiers, layers, finetune)
+    probed = read_probe(probe) if probe is not None else None
     out_dir = Path(out_dir)
     with atomic_file(out_dir / "leaderboard.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, ["rank", "classifier", "layer", *COLUMNS])
         writer.writeheader()
         writer.writerows({"rank": rank, **row} for rank, row in enumerate(rows, start=1))
     with atomic_file(out_dir / "leaderboard.md") as tmp:
-        tmp.write_text(markdown(rows, augmented, {finetuned(name): head for name, head in (heads or {}).items()}))
+        started_from = {finetuned(name): head for name, head in (heads or {}).items()}
+        tmp.write_text(markdown(rows, augmented, started_from, probed))
     write_json(out_dir / "leaderboard.json", [{"run": f"{r['classifier']} · {r['layer']}", **r} for r in rows])
     accuracy = {(row["classifier"], row["layer"]): row["accuracy"] for row in rows}
     names = [*classifiers, *(finetuned(name) for name in finetune or {})]
@@ -189,4 +217,6 @@ def write_leaderboard(
         "leaderboard of %d runs: best %s on %s, test accuracy %.4f", len(rows), best["classifier"], best["layer"],
         best["accuracy"],
     )
+    if probed is not None:
+        log.info("%s", probe_line(probed))
     return rows

@@ -172,6 +172,22 @@ def architecture(name: str, size: tuple[int, int], include_top: bool = False, we
     return constructor(include_top=include_top, weights=weights, input_shape=(*size, 3))
 
 
+def headless_model(backbone: str, input_size: tuple[int, int] | None = None, key: str = "backbone"):
+    """The layers ``backbone`` offers, as a model without weights (names and output shapes do not depend on them):
+    keras.applications ``backbone`` without its classifier at ``input_size`` (None: its native size), or a ``.keras``
+    file. Built in a fresh Keras session, so that automatic names (mobilenetv3's ``activation_17``, numbered per
+    session) are those a fresh process gives; ``key`` is the parameter that named the backbone, for its errors."""
+    import keras
+
+    keras.backend.clear_session()
+    if backbone.endswith(".keras"):
+        if not Path(backbone).is_file():
+            raise ConfigError(f"{key} must be a keras.applications name or a .keras file. Received: {key}={backbone!r}")
+        return keras.saving.load_model(backbone, safe_mode=True, compile=False)
+    native = ARCHITECTURES[check_one_of(key, backbone, ARCHITECTURES)].native_size
+    return architecture(backbone, tuple(input_size) if input_size else (native, native))
+
+
 def load_backbone(
     name: str, weights: str | None = "imagenet", input_size: tuple[int, int] | None = None,
     include_top: bool = False, preprocessing: str | None = None,

@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.atomic import atomic_file, check_writable, disk_full_reported
 from pipeline.config import ExtractConfig
 from pipeline.extraction import accelerate
+from pipeline.extraction.blocks import expand_blocks
 from pipeline.extraction.dataset import Manifest, read_images
 from pipeline.extraction.model import load_feature_model
 from pipeline.extraction.provenance import provenance
@@ -35,6 +36,7 @@ def extract_features(manifest: Manifest, config: ExtractConfig, out: str | Path)
     ``out`` that is not a features file is never replaced."""
     check_writable(out)
     check_replaceable(out)
+    config = expand_blocks(config)  # extract.layers: blocks -> the backbone's block outputs, before anything records it
     compute = accelerate.resolve(config.batch_size, config.mixed_precision, config.xla)
     features = load_feature_model(config, compute)
     log.info(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,27 +82,12 @@ def write_features(
             [manifest.absolute(i) for i in to_compute], features.backbone.input_size, config.interpolation,
             config.decode, compute.batch_size, on_error=config.on_error, start=int(np.searchsorted(to_compute, writer.position)),
         )
-        for batch in batches:
-            rows = to_compute[batch.indices]
-            values = {}
-            if len(rows):
-                stored = stored_values(
-                    features.model, features.backbone, config.stored_layers, batch.images, compute.batch_size,
-                    config.pixels,
-                )
-                values = {f"features/{name}": value for name, value in stored.items()}
-                if views:
-                    train = np.array([manifest.splits[i] == "train" for i in rows])
-                    hashes = [manifest.hashes[i] for i in rows]
-                    extra = view_values(features, config, compute.batch_size, batch.images, hashes, train)
-                    values.update({f"views/{name}": value for name, value in extra.items()})
-                computed += len(rows)
-            for _, message in batch.errors:
-                log.warning("skipped %s", message)
-            # The batch's span of manifest rows, in order: runs of reused rows (copied) and of computed ones.
-            stop = int(to_compute[batch.stop - 1]) + 1
+
+        def write_batch(first: int, stop: int, rows: np.ndarray, values: dict, errors: list[tuple[int, str]]) -> None:
+            """Write manifest rows ``first:stop``: runs of reused rows (copied) and of computed ``rows`` (``values``),
+            in order, then mark ``stop`` done with the batch's undecodable files."""
             place = {int(row): k for k, row in enumerate(rows)}
-            span = [i for i in range(writer.position, stop) if found[i] is not None or i in place]
+            span = [i for i in range(first, stop) if found[i] is not None or i in place]
             for reused, run in itertools.groupby(span, key=lambda i: found[i] is not None):
                 run = np.array(list(run), dtype=np.int64)
                 if reused:
@@ -109,15 +95,44 @@ def write_features(
                 else:
                     at = [place[i] for i in run]
                     write(None, run, {name: value[at] for name, value in values.items()})
-            write(stop, np.zeros(0, dtype=np.int64), {}, [(manifest.paths[to_compute[i]], m) for i, m in batch.errors])
+            write(stop, np.zeros(0, dtype=np.int64), {}, [(manifest.paths[to_compute[i]], m) for i, m in errors])
             progress.update(stop - progress.n)
+
+        # The writer thread writes batch k while the model computes batch k + 1 (TensorFlow releases the GIL), and
+        # the reader's threads decode ahead of both; one batch waits for the writer at most, so memory stays bounded.
+        with ThreadPoolExecutor(1, thread_name_prefix="features-writer") as writer_thread:
+            pending, first = None, writer.position
+            for batch in batches:
+                rows = to_compute[batch.indices]
+                values = {}
+                if len(rows):
+                    stored = stored_values(
+                        features.model, features.device, config.stored_layers, batch.images, config.pixels
+                    )
+                    values = {f"features/{name}": value for name, value in stored.items()}
+                    if views:
+                        train = np.array([manifest.splits[i] == "train" for i in rows])
+                        hashes = [manifest.hashes[i] for i in rows]
+                        extra = view_values(features, config, batch.images, hashes, train)
+                        values.update({f"views/{name}": value for name, value in extra.items()})
+                    computed += len(rows)
+                for _, message in batch.errors:
+                    log.warning("skipped %s", message)
+                if pending is not None:
+                    pending.result()  # the previous batch is on disk (or its error is raised here)
+                stop = int(to_compute[batch.stop - 1]) + 1
+                pending = writer_thread.submit(write_batch, first, stop, rows, values, batch.errors)
+                first = stop
+            if pending is not None:
+                pending.result()
         copy(np.array([i for i in range(writer.position, n) if found[i] is not None], dtype=np.int64), n)
         progress.update(n - progress.n)
         elapsed = time.perf_counter() - started
         log.info(
-            "%d images through the model in %.1f s (%.1f img/s), %d rows written",
-            computed, elapsed, computed / max(elapsed, 1e-9), n - resumed_at,
+            "%d images through the model in %.1f s (%.1f img/s, device batch %d), %d rows written",
+            computed, elapsed, computed / max(elapsed, 1e-9), features.device.size, n - resumed_at,
         )
+        writer.final_attrs["device_batch_size"] = features.device.size
         skipped = writer.skipped()
     reused = sum(hit is not None for hit in found)
     return Extracted(Path(out), skipped, computed, reused)
