@@ -1,6 +1,6 @@
 """GPU benchmark: MobileNet (ImageNet) and ResNet50 (random weights) at 224, ``batch_size: auto``, mixed precision
 and XLA off and on, end to end on 12 MP camera photos and on 320x240 JPEGs (rate beyond each run's fixed cost)
-against the model alone on the same GPU, with the batch size chosen. About 5 minutes on one GPU; refuses to run
+against the model alone on the same GPU, with the batch size chosen. Sized for 5 minutes on one GPU; refuses to run
 without one, so no GPU figure is ever made on a CPU."""
 
 from __future__ import annotations
