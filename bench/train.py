@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYER = "features"
 CLASSES = 10
 READ_TARGET = 0.5  # HDF5 -> numpy throughput over np.load of the same array
+SWAP_TARGET = 0.05  # a one-entry classifier swap's `dvc repro` over the full default `dvc repro`
 SPLITS = {  # extraction groups rows by split, so every file it writes is contiguous; scattered is for comparison
     "contiguous": "contiguous split (every file the pipeline writes)",
     "interleaved": "scattered split (a file written elsewhere)",
@@ -99,9 +100,25 @@ def timed(args: list[str], cwd: Path) -> float:
     return time.perf_counter() - started
 
 
+# One-entry edits of the default classifiers: the entry, the hyper-parameter and its new value.
+SWAPS = (("linear_svm", "C", 0.02), ("sgd_stream", "alpha", 0.0002))
+
+
+def swap_classifier(copy: Path, name: str, key: str, value: float) -> dict:
+    """``dvc repro`` after setting ``classifiers.<name>.params.<key>``: its wall seconds, and the seconds the re-run
+    classifier itself spent fitting (model.json's ``fit_seconds``, every layer): the rest is the swap's overhead."""
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["classifiers"][name]["params"][key] = value
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    wall = timed([sys.executable, "-m", "dvc", "repro"], copy)
+    fits = sum(json.loads(path.read_text())["fit_seconds"] for path in (copy / "data" / "models" / name).glob("*/model.json"))
+    log.info("%s.%s = %g: dvc repro %.1f s, of which %.1f s fitting", name, key, value, wall, fits)
+    return {"classifier": name, "edit": f"params.{key}: {value}", "swap_s": wall, "fit_s": fits}
+
+
 def measure_swap(workdir: Path) -> dict:
-    """In a fresh git + DVC copy of this project: the default ``dvc repro``, then a classifier-only change, then a
-    forced re-run of the extract stage alone (the work the swap did not redo)."""
+    """In a fresh git + DVC copy of this project: the default ``dvc repro``, then one-entry classifier edits (each a
+    ``dvc repro``), then a forced re-run of the extract stage alone (the work the swaps did not redo)."""
     copy = workdir / "repo"
     shutil.rmtree(copy, ignore_errors=True)
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
@@ -116,14 +133,12 @@ def measure_swap(workdir: Path) -> dict:
     dvc = [sys.executable, "-m", "dvc"]
     log.info("dvc repro of the default pipeline in %s (minutes)", copy)
     full = timed([*dvc, "repro"], copy)
-    params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["classifiers"]["linear_svm"]["params"]["C"] = 0.02
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    swap = timed([*dvc, "repro"], copy)
+    swaps = [swap_classifier(copy, *edit) for edit in SWAPS]
     extract = timed([*dvc, "repro", "--force", "--single-item", "extract"], copy)
-    result = {"full_repro_s": full, "classifier_swap_s": swap, "extract_stage_s": extract, "swap_over_extract": swap / extract}
-    log.info("classifier swap %.1f s vs extract stage %.1f s (full repro %.1f s)", swap, extract, full)
-    return result
+    for swap in swaps:
+        swap.update(over_full=swap["swap_s"] / full, overhead_over_full=(swap["swap_s"] - swap["fit_s"]) / full)
+    log.info("full repro %.1f s; extract stage %.1f s", full, extract)
+    return {"full_repro_s": full, "extract_stage_s": extract, "swaps": swaps}
 
 
 # --- 2. read throughput ------------------------------------------------------------------------------------------
@@ -213,12 +228,19 @@ def report(swap: dict | None, reads: list[dict], memory: list[dict], chunk_size:
     lines = []
     if swap is not None:
         lines += [
-            "| classifier-only `dvc repro` | extract stage alone | ratio | first full `dvc repro` |",
-            "|---:|---:|---:|---:|",
-            f"| {swap['classifier_swap_s']:.1f} s | {swap['extract_stage_s']:.1f} s | {swap['swap_over_extract']:.2f} "
-            f"| {swap['full_repro_s']:.0f} s |",
+            f"First full `dvc repro`: {swap['full_repro_s']:.0f} s; the extract stage alone, forced: "
+            f"{swap['extract_stage_s']:.1f} s.",
             "",
+            "| one-entry edit | `dvc repro` | / full repro (target <= 5%) | its own fits | the rest | rest / full |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
+        lines += [
+            f"| `{s['classifier']}` {s['edit']} | {s['swap_s']:.1f} s | {100 * s['over_full']:.1f}%"
+            f"{' PASS' if s['over_full'] <= SWAP_TARGET else ' MISS'} | {s['fit_s']:.1f} s | "
+            f"{s['swap_s'] - s['fit_s']:.1f} s | {100 * s['overhead_over_full']:.1f}% |"
+            for s in swap["swaps"]
+        ]
+        lines.append("")
     lines += ["| train split read | MiB | HDF5 MiB/s | np.load MiB/s | ratio (target >= 0.5) |", "|---|---:|---:|---:|---:|"]
     lines += [
         f"| {SPLITS[r['layout']]} | {r['mib']:.0f} | {r['hdf5_mib_per_s']:.0f} | {r['npy_mib_per_s']:.0f} | "

@@ -587,12 +587,15 @@ class TrainConfig:
     ``layers`` entries are a stored dataset name (a backbone layer, or ``pixels`` for the raw-pixel baseline) or
     names joined by ``+``, concatenated. Training streams from HDF5 in blocks of ``chunk_size`` bytes when a
     layer's train features exceed ``memory_budget`` (see ``ClassifierConfig.out_of_core``). Searches run on
-    ``extract.cluster`` (the one configured cluster).
+    ``extract.cluster`` (the one configured cluster). ``reuse`` keeps that many most recent runs of each classifier
+    x layer pair, so that a classifier's stage trains only the pairs whose inputs changed (see
+    ``pipeline.classification.reuse``; 0: off); like ``extract.reuse`` it is not a DVC dependency.
     """
 
     layers: tuple[str, ...]
     memory_budget: int = 2 << 30
     chunk_size: int = 64 << 20
+    reuse: int = 3
 
     def __post_init__(self):
         layers = self.layers
@@ -603,6 +606,7 @@ class TrainConfig:
         if len(set(layers)) != len(layers):
             raise ConfigError(f"train.layers must not repeat an entry. Received: train.layers={list(layers)}")
         object.__setattr__(self, "layers", tuple(layers))
+        check_int("train.reuse", self.reuse, minimum=0)
         written = {"chunk_size": self.chunk_size, "memory_budget": self.memory_budget}
         object.__setattr__(self, "memory_budget", check_bytes("train.memory_budget", self.memory_budget))
         object.__setattr__(self, "chunk_size", check_bytes("train.chunk_size", self.chunk_size))

@@ -16,7 +16,13 @@ import numpy as np
 
 from pipeline.atomic import atomic_directory
 from pipeline.classification.classifiers import encode_labels, epoch_logger, keras_verbosity
-from pipeline.classification.evaluate import Predictions, spread_probabilities, trained_on, write_evaluation
+from pipeline.classification.evaluate import (
+    EvalFiles,
+    Predictions,
+    spread_probabilities,
+    trained_on,
+    write_evaluation,
+)
 from pipeline.classification.models import (
     FINETUNED,
     KERAS_FILE,
@@ -420,10 +426,10 @@ def image_predictions(
 
 
 def evaluate_finetuned(
-    model_dir: str | Path, features: str | Path, images: str | Path, out_dir: str | Path, split: str = "test",
+    model_dir: str | Path, features: str | Path, images: str | Path, files: EvalFiles, split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate a fine-tuned model on ``split``'s images (the features file's rows, streamed from ``images``) and write
-    the same files and metrics as ``pipeline.classification.evaluate.evaluate_model``; returns the metrics."""
+    the same ``files`` and metrics as ``pipeline.classification.evaluate.evaluate_model``; returns the metrics."""
     model, metadata = load_finetuned(model_dir)
     attrs = trained_on(model_dir, metadata, features)
     extract = ExtractConfig.from_recorded(metadata["features"]["extract_config"])
@@ -432,7 +438,7 @@ def evaluate_finetuned(
         model, rows, extract, metadata["classes"], len(attrs["class_names"]), metadata["params"]["batch_size"]
     )
     description = f"{metadata['classifier']} ({metadata['estimator']}) on {metadata['layer']}"
-    return write_evaluation(out_dir, data, attrs["class_names"], metadata, description, split)
+    return write_evaluation(files, data, attrs["class_names"], metadata, description, split)
 
 
 def run_finetune(
@@ -440,6 +446,6 @@ def run_finetune(
     eval_dir: str | Path, verbose: int | str = "auto",
 ) -> dict[str, Any]:
     """What the DVC stage runs: ``finetune_model`` into ``out_dir``, then ``evaluate_finetuned`` on the test split into
-    ``eval_dir``; returns the test metrics."""
+    ``EvalFiles(eval_dir, config.name)``; returns the test metrics."""
     finetune_model(features, images, head_dir, config, out_dir, verbose)
-    return evaluate_finetuned(out_dir, features, images, eval_dir)
+    return evaluate_finetuned(out_dir, features, images, EvalFiles(Path(eval_dir), config.name))

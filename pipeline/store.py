@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -622,6 +623,25 @@ def feature_shape(path: str | Path, layer: str) -> tuple[int, ...]:
     with open_features(path) as f:
         check_one_of("layer", layer, list(f["features"]))
         return tuple(f["features"][layer].shape[1:])
+
+
+def content_digest(path: str | Path, layers: Sequence[str], views: bool = False) -> str:
+    """sha256 of everything a classifier trained on ``layers`` reads from the features file ``path``: the class names,
+    the labels, each row's split, and the layers' rows (with ``views``, their augmented views too), read
+    ``COPY_PIECE_BYTES`` at a time. Equal digests mean equal training inputs, whatever else the files hold."""
+    digest = hashlib.sha256()
+    with open_features(path) as f:
+        datasets, _, _ = _layout(f, layers)
+        if views and "views" in f:
+            datasets += [f["views"][layer] for layer in layers if layer in f["views"]]
+        split = f["split_code"] if "split_code" in f else f["split"]
+        digest.update(json.dumps([file_attrs(f)["class_names"], split.attrs.get("names", "")]).encode())
+        for dataset in [f["labels"], split, *datasets]:
+            digest.update(f"{dataset.name} {dataset.shape} {dataset.dtype.str}".encode())
+            rows = max(1, COPY_PIECE_BYTES // max(1, _width(dataset) * dataset.dtype.itemsize))
+            for start in range(0, dataset.shape[0], rows):
+                digest.update(np.ascontiguousarray(dataset[start : start + rows]).data)
+    return digest.hexdigest()
 
 
 def _pieces(column: h5py.Dataset, piece_rows: int = SPLIT_PIECE) -> Iterator[tuple[int, np.ndarray]]:

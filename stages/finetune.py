@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("--images", required=True, help="data.images: the image folder or CSV the features were extracted from")
     parser.add_argument("--head", required=True, help="the trained head's model directory (data/models/<head>/<layer>)")
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--eval", required=True, help="folder for the test split's metrics.json and plot files")
+    parser.add_argument("--eval", required=True, help="folder for the test split's metrics and plot files, by kind (<kind>/<name>.json)")
     args = parser.parse_args()
     params = load_params()
     config = FinetuneConfig.from_params(section(params, "finetune"), args.name)

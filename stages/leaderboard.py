@@ -11,7 +11,7 @@ from pipeline.entry import run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--eval", required=True, help="folder holding <classifier>/<layer>/metrics.json and finetune/<name>/metrics.json"
+        "--eval", required=True, help="folder holding <classifier>/metrics/<layer>.json and finetune/metrics/<name>.json"
     )
     parser.add_argument("--probe", help="the probe stage's metrics.json, whose best block the leaderboard names")
     parser.add_argument("--out", required=True, help="folder for leaderboard.csv, .md, .json and .png")

@@ -497,6 +497,7 @@ def test_train_config_reads_layers_and_sizes():
     config = TrainConfig.from_params({"layers": ["pixels", "a+b"], "memory_budget": "1GiB", "chunk_size": "16MiB"})
     assert config == TrainConfig(layers=("pixels", "a+b"), memory_budget=2**30, chunk_size=16 * 2**20)
     assert TrainConfig.from_params({"layers": ["a"]}).memory_budget == 2 << 30
+    assert TrainConfig.from_params({"layers": ["a"]}).reuse == 3 and TrainConfig(layers=("a",), reuse=0).reuse == 0
 
 
 @pytest.mark.parametrize(
@@ -512,6 +513,7 @@ def test_train_config_reads_layers_and_sizes():
                                                                   "Received: train.chunk_size='512KiB', train.memory_budget='1MiB'"),
         ({"layers": ["a"], "cluster": "local:2"}, "train.cluster must be a key of train, one of ["),
         ({"layers": ["a"], "budget": 1}, "train.budget must be a key of train, one of ["),
+        ({"layers": ["a"], "reuse": -1}, "train.reuse must be an integer >= 0. Received: train.reuse=-1"),
     ],
 )
 def test_train_config_is_validated(section, message):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from dvc_project import copy_project, dvc, edit_params, run, sha256, tiny_data
+from dvc_project import copy_project, dvc, edit_params, run, sha256, stages_run, tiny_data
 
 pytestmark = pytest.mark.slow  # real `dvc repro` runs: minutes
 
@@ -19,6 +19,12 @@ LAYERS = ["pixels", "conv_pw_7_relu"]  # the test's matrix: 4 classifiers x 2 la
 FINETUNED = "finetune/mobilenet_top"  # the default fine-tuning entry, moved to conv_pw_7_relu (in the matrix)
 RUNS = [f"{c}/{layer}" for c in CLASSIFIERS for layer in LAYERS]
 PROBE = "data/probe/metrics.json"  # the linear probe over every stored layer
+
+
+def eval_file(run_name: str, kind: str, suffix: str = ".json") -> str:
+    """Where a run's evaluation file of ``kind`` is: by kind, one file per layer (or fine-tuning entry)."""
+    group, name = run_name.split("/")
+    return f"data/eval/{group}/{kind}/{name}{suffix}"
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +64,9 @@ def test_repro_writes_the_features_file_layout(repo):
 def test_metrics_for_every_classifier_and_layer(repo):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
     metrics = next(iter(shown.values()))["data"]
-    assert sorted(metrics) == sorted([*(f"data/eval/{run}/metrics.json" for run in [*RUNS, FINETUNED]), PROBE])
+    assert sorted(metrics) == sorted([*(eval_file(run, "metrics") for run in [*RUNS, FINETUNED]), PROBE])
     for run_name in [*RUNS, FINETUNED]:
-        values = metrics[f"data/eval/{run_name}/metrics.json"]["data"]
+        values = metrics[eval_file(run_name, "metrics")]["data"]
         assert 0.0 <= values["accuracy"] <= 1.0 and values["n"] == 15
         assert values["fit_seconds"] > 0 and values["predict_seconds"] > 0 and 0 <= values["val_accuracy"] <= 1
         assert (repo / "data" / "models" / run_name / "model.json").is_file()
@@ -90,22 +96,22 @@ def test_plots_render_for_every_classifier_and_layer(repo, tmp_path):
     assert "errors" not in shown, shown["errors"]
     plots = shown["data"]
     for run_name in [*RUNS, FINETUNED]:
-        [confusion] = plots[f"data/eval/{run_name}/confusion.json"]
+        [confusion] = plots[eval_file(run_name, "confusion")]
         assert confusion["type"] == "vega" and len(confusion["content"]["data"]["values"]) == 15
-        [image] = plots[f"data/eval/{run_name}/confusion.png"]
+        [image] = plots[eval_file(run_name, "confusion", ".png")]
         assert image["type"] == "image" and Path(image["url"]).read_bytes()[:4] == b"\x89PNG"
-        [per_class] = plots[f"data/eval/{run_name}/per_class.json"]
+        [per_class] = plots[eval_file(run_name, "per_class")]
         assert per_class["type"] == "vega"
         assert sorted(row["class"] for row in per_class["content"]["data"]["values"]) == [str(i) for i in range(10)]
         assert per_class["content"]["encoding"]["x"]["field"] == "recall"
     # The Keras head draws train vs val loss per epoch (the custom template in .dvc/plots); without epochs, no plot.
-    [curve] = plots["data/eval/dense_head/conv_pw_7_relu/learning_curve.json"]
+    [curve] = plots[eval_file("dense_head/conv_pw_7_relu", "learning_curve")]
     assert curve["type"] == "vega"
     rows = curve["content"]["data"]["values"]
     assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1)) and 1 <= len(rows) <= 5
     assert all({"loss", "val_loss"} <= set(row) for row in rows)
     assert {"calculate": "datum['val_loss']", "as": "validation"} in curve["content"]["transform"]
-    assert plots["data/eval/logreg/pixels/learning_curve.json"] == plots["data/eval/linear_svm/pixels/learning_curve.json"] == []
+    assert plots[eval_file("logreg/pixels", "learning_curve")] == plots[eval_file("linear_svm/pixels", "learning_curve")] == []
     [board] = plots["data/leaderboard/leaderboard.json"]
     assert board["type"] == "vega" and len(board["content"]["data"]["values"]) == len(RUNS) + 1
     assert board["content"]["encoding"]["x"]["field"] == "accuracy"
@@ -131,12 +137,11 @@ def test_editing_one_classifier_reruns_only_that_classifier(repo):
     features_hash = sha256(repo / "data" / "features.h5")
     edit_params(repo, lambda p: p["classifiers"]["linear_svm"]["params"].update(C=0.5))
     status = json.loads(dvc("status", "--json", cwd=repo))
-    assert sorted(status) == sorted([*(f"train@linear_svm-{layer}" for layer in LAYERS), "leaderboard"])
+    assert sorted(status) == ["leaderboard", "train@linear_svm"]
     log = dvc("repro", cwd=repo)
     assert "Stage 'extract' didn't change, skipping" in log
-    for layer in LAYERS:
-        assert f"Running stage 'train@linear_svm-{layer}'" in log and f"Running stage 'evaluate@linear_svm-{layer}'" in log
-    assert log.count("Running stage") == 2 * len(LAYERS) + 1  # and the leaderboard
+    assert stages_run(log) == ["leaderboard", "train@linear_svm"]  # one process trains and evaluates every layer
+    assert f"linear_svm: {len(LAYERS)} layer(s) trained, 0 copied back" in log
     assert sha256(repo / "data" / "features.h5") == features_hash
 
 
@@ -144,22 +149,27 @@ def test_adding_an_extracted_layer_to_the_matrix_skips_extraction(repo):
     edit_params(repo, lambda p: p["train"]["layers"].append("conv_pw_7_relu+conv_pw_13_relu"))
     log = dvc("repro", cwd=repo)
     assert "Stage 'extract' didn't change, skipping" in log
-    assert "Running stage 'train@logreg-conv_pw_7_relu+conv_pw_13_relu'" in log
-    assert log.count("Running stage") == 2 * len(CLASSIFIERS) + 1  # every classifier on the new entry
+    # Every classifier's stage runs (train.layers is a param of each), and trains the new entry only.
+    assert stages_run(log) == sorted(["leaderboard", *(f"train@{name}" for name in CLASSIFIERS)])
+    for name in CLASSIFIERS:
+        assert f"{name}: 1 layer(s) trained, {len(LAYERS)} copied back unchanged ({', '.join(LAYERS)})" in log
     model = json.loads((repo / "data" / "models" / "logreg" / "conv_pw_7_relu+conv_pw_13_relu" / "model.json").read_text())
     assert model["layers"] == ["conv_pw_7_relu", "conv_pw_13_relu"]
 
 
 def test_adding_a_classifier_runs_only_the_new_one(repo):
     def add(params):
-        params["train"]["layers"] = LAYERS  # the entry added above leaves the matrix: its stages go, none runs
+        params["train"]["layers"] = LAYERS  # back to the state every other stage ran with
         params["classifiers"]["knn"] = {"estimator": "knn", "params": {"n_neighbors": 3}}
 
     edit_params(repo, add)
     log = dvc("repro", cwd=repo)
-    for layer in LAYERS:
-        assert f"Running stage 'train@knn-{layer}'" in log and f"Running stage 'evaluate@knn-{layer}'" in log
-    assert log.count("Running stage") == 2 * len(LAYERS) + 1
+    # train.layers is back to what the other stages already ran with: DVC's run-cache restores them, only knn runs.
+    assert stages_run(log) == ["leaderboard", "train@knn"]
+    assert f"knn: {len(LAYERS)} layer(s) trained, 0 copied back" in log
+    for name in CLASSIFIERS:
+        assert f"Stage 'train@{name}' is cached - skipping run, checking out outputs" in log
+    assert "Stage 'finetune@mobilenet_top' didn't change, skipping" in log  # its head was copied back, byte for byte
     assert "knn,pixels" in (repo / "data" / "leaderboard" / "leaderboard.csv").read_text().replace('"', "")
 
 

@@ -72,23 +72,23 @@ def test_teammate_clone_trains_on_pulled_features_without_running_the_cnn(team, 
     assert sha256(features) == sha256(team.alice / "data" / "features.h5")
     set_svm_c(bob, NEW_C)
     # Before anything runs, DVC sees only the edited classifier's train stage and the leaderboard out of date.
-    assert sorted(json.loads(dvc("status", "--json", cwd=bob))) == ["leaderboard", f"train@linear_svm-{TEAM_LAYER}"]
+    assert sorted(json.loads(dvc("status", "--json", cwd=bob))) == ["leaderboard", "train@linear_svm"]
     before = features.stat()
     log = dvc("repro", cwd=bob)
     assert "Stage 'prepare' didn't change, skipping" in log and "Stage 'extract' didn't change, skipping" in log
-    assert stages_run(log) == [f"evaluate@linear_svm-{TEAM_LAYER}", "leaderboard", f"train@linear_svm-{TEAM_LAYER}"]
+    assert stages_run(log) == ["leaderboard", "train@linear_svm"]
     after = features.stat()  # not rewritten: a run of extract writes a new file and renames it over the old one
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert sha256(features) == sha256(team.alice / "data" / "features.h5")
     lock, alice_lock = (yaml.safe_load((repo / "dvc.lock").read_text())["stages"] for repo in (bob, team.alice))
-    for stage in ("prepare", "extract", f"train@sgd_stream-{TEAM_LAYER}"):
+    for stage in ("prepare", "extract", "train@sgd_stream"):
         assert lock[stage] == alice_lock[stage], stage
     # A new model, trained by Bob with his C on Alice's features, and its metrics.
     model_dir = Path("data") / "models" / "linear_svm" / TEAM_LAYER
     model, alice_model = (read_json(repo / model_dir / "model.json") for repo in (bob, team.alice))
     assert model["params"]["C"] == NEW_C and model["features"] == alice_model["features"]
     assert sha256(bob / model_dir / "model.joblib") != sha256(team.alice / model_dir / "model.joblib")
-    metrics = read_json(bob / "data" / "eval" / "linear_svm" / TEAM_LAYER / "metrics.json")
+    metrics = read_json(bob / "data" / "eval" / "linear_svm" / "metrics" / f"{TEAM_LAYER}.json")
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 15
 
 
@@ -99,7 +99,7 @@ def test_run_cache_restores_a_run_that_no_commit_records(team, tmp_path):
     # One command in a fresh clone: pull what is unchanged, restore what the run-cache knows, run the rest (nothing).
     log = dvc("repro", "--pull", cwd=carol)
     assert stages_run(log) == [], log
-    for stage in (f"train@linear_svm-{TEAM_LAYER}", f"evaluate@linear_svm-{TEAM_LAYER}", "leaderboard"):
+    for stage in ("train@linear_svm", "leaderboard"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log
     model = carol / "data" / "models" / "linear_svm" / TEAM_LAYER / "model.json"
     assert read_json(model)["params"]["C"] == TRIED_C and sha256(model) == team.tried

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.classification.evaluate import evaluate_model
+from pipeline.classification.evaluate import EvalFiles, evaluate_model
 from pipeline.classification.models import FINETUNED, METADATA
 from pipeline.classification.train import train_classifier
 from pipeline.config import AugmentConfig, ClassifierConfig, FinetuneConfig
@@ -59,10 +59,10 @@ def head(features_file, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finetuned(features_file, digits_dir, head, tmp_path_factory):
-    """The head and MobileNet's block 5 fine-tuned (stage function: fit, save, evaluate): (model dir, eval dir, metrics)."""
+    """The head and MobileNet's block 5 fine-tuned (stage function: fit, save, evaluate): (model dir, eval files, metrics)."""
     root = tmp_path_factory.mktemp("finetuned")
     metrics = run_finetune(features_file, digits_dir, head, CONFIG, root / "model", root / "eval", verbose=0)
-    return root / "model", root / "eval", metrics
+    return root / "model", EvalFiles(root / "eval", CONFIG.name), metrics
 
 
 @pytest.fixture(scope="module")
@@ -170,22 +170,23 @@ def test_model_json_records_what_it_started_from_and_how_it_trained(finetuned, h
 
 
 def test_evaluation_writes_what_the_evaluate_stage_writes(finetuned, head, features_file, digits_dir, saved, tmp_path):
-    model_dir, eval_dir, metrics = finetuned
-    head_metrics = evaluate_model(head, features_file, tmp_path / "head_eval")
-    assert sorted(p.name for p in eval_dir.iterdir()) == sorted(p.name for p in (tmp_path / "head_eval").iterdir())
+    model_dir, files, metrics = finetuned
+    head_files = EvalFiles(tmp_path / "head_eval", "head")
+    head_metrics = evaluate_model(head, features_file, head_files)
+    assert all(path.is_file() for path in [*files.named().values(), *head_files.named().values()])
     assert set(metrics) == set(head_metrics)
-    assert json.loads((eval_dir / "metrics.json").read_text()) == metrics
+    assert json.loads(files.metrics.read_text()) == metrics
     model, metadata = saved
     rows = image_rows(features_file, digits_dir, "test")
     proba = model.predict(np.stack([np.asarray(image_from(path)) for path in rows.paths]), verbose=0)
     assert metrics["n"] == len(rows) == 15
     assert metrics["accuracy"] == pytest.approx(np.mean(np.argmax(proba, axis=1) == rows.labels))
     assert metrics["val_accuracy"] == metadata["val_accuracy"]
-    assert json.loads((eval_dir / "learning_curve.json").read_text()) == metadata["history"]
-    confusion = json.loads((eval_dir / "confusion.json").read_text())
+    assert json.loads(files.path("learning_curve").read_text()) == metadata["history"]
+    confusion = json.loads(files.path("confusion").read_text())
     assert [row["actual"] for row in confusion] == [str(label) for label in rows.labels]
-    assert (eval_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    again = evaluate_finetuned(model_dir, features_file, digits_dir, tmp_path / "again")
+    assert files.confusion_png.read_bytes()[:4] == b"\x89PNG"
+    again = evaluate_finetuned(model_dir, features_file, digits_dir, EvalFiles(tmp_path / "again", CONFIG.name))
     assert {k: v for k, v in again.items() if k != "predict_seconds"} == {
         k: v for k, v in metrics.items() if k != "predict_seconds"
     }
@@ -291,4 +292,4 @@ def test_changed_or_missing_images_are_refused(features_file, digits_dir, tmp_pa
 
 def test_the_features_evaluation_refuses_a_fine_tuned_model(finetuned, features_file, tmp_path):
     with pytest.raises(ConfigError, match=r"is a fine-tuned model, which takes images, not features"):
-        evaluate_model(finetuned[0], features_file, tmp_path / "eval")
+        evaluate_model(finetuned[0], features_file, EvalFiles(tmp_path / "eval", "x"))

@@ -16,7 +16,7 @@ def stage(name, *args):
 
 
 def test_unknown_classifier_names_the_configured_ones():
-    result = stage("train", "no_such_clf", "--layer", "pixels", "--features", "data/features.h5", "--out", "/tmp/unused")
+    result = stage("train", "no_such_clf", "--features", "data/features.h5", "--models", "/tmp/unused", "--eval", "/tmp/unused")
     assert result.returncode == 2
     names = sorted(load_params(REPO / "params.yaml")["classifiers"])
     assert f"classifier must be one of {names}. Received: classifier='no_such_clf'" in result.stderr
@@ -28,15 +28,16 @@ def test_leaderboard_names_the_missing_evaluations(tmp_path):
     params = load_params(REPO / "params.yaml")
     runs = len(params["classifiers"]) * len(params["train"]["layers"]) + len(params.get("finetune") or {})
     assert f"no metrics for {runs} of {runs} classifier x layer pairs" in result.stderr
-    assert str(tmp_path / "eval" / "logreg" / "pixels" / "metrics.json") in result.stderr
+    assert str(tmp_path / "eval" / "logreg" / "metrics" / "pixels.json") in result.stderr
     assert not (tmp_path / "board").exists()
 
 
-def test_a_folder_that_is_no_model_is_refused(tmp_path):
-    result = stage("evaluate", "--model", str(tmp_path), "--features", str(tmp_path / "none.h5"), "--out", str(tmp_path / "e"))
+def test_train_names_a_missing_features_file(tmp_path):
+    args = ["--features", str(tmp_path / "none.h5"), "--models", str(tmp_path / "m"), "--eval", str(tmp_path / "e")]
+    result = stage("train", "linear_svm", *args, "--reuse", str(tmp_path / "reuse"))
     assert result.returncode == 2
-    assert "is not a model saved by this pipeline" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"features file not found: {tmp_path / 'none.h5'}" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 
 def test_probe_names_a_missing_features_file(tmp_path):

@@ -30,6 +30,33 @@ log = logging.getLogger(__name__)
 
 TOP_K = 3
 BLOCK_BYTES = 64 << 20  # features read from the file at a time to predict on (a block of rows)
+# An evaluation's files by kind: a folder each under the group's folder (a classifier, or finetune), one file per run
+# (a layer, or a fine-tuning entry), so that DVC declares each kind once per stage, as a directory, with its template.
+KINDS = ("metrics", "confusion", "per_class", "learning_curve")
+
+
+@dataclass(frozen=True)
+class EvalFiles:
+    """Where one run's evaluation goes: ``<root>/<kind>/<run>.json`` for each of ``KINDS``, and the confusion image
+    ``<root>/confusion/<run>.png`` (``root``: ``data/eval/<classifier>`` or ``data/eval/finetune``)."""
+
+    root: Path
+    run: str
+
+    def path(self, kind: str, suffix: str = ".json") -> Path:
+        return Path(self.root) / kind / f"{self.run}{suffix}"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path("metrics")
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.path("confusion", ".png")
+
+    def named(self) -> dict[str, Path]:
+        """Every file of the run, by a name of its own: ``metrics.json``, ..., ``confusion.png``."""
+        return {**{f"{kind}.json": self.path(kind) for kind in KINDS}, "confusion.png": self.confusion_png}
 
 
 @dataclass(frozen=True)
@@ -61,20 +88,20 @@ def predictions(
 
 
 def evaluate_model(
-    model_dir: str | Path, features: str | Path, out_dir: str | Path, split: str = "test"
+    model_dir: str | Path, features: str | Path, files: EvalFiles, split: str = "test"
 ) -> dict[str, Any]:
-    """Evaluate one model on ``split`` and write its DVC metrics and plots to ``out_dir``; returns the metrics.
+    """Evaluate one model on ``split`` and write its DVC metrics and plots (``files``); returns the metrics.
 
-    Files: ``metrics.json`` (flat, numeric: see ``score``), ``per_class.json`` (precision, recall, F1 and support
-    per class), ``confusion.json`` (one actual/predicted row per sample, for DVC's confusion template),
-    ``confusion.png`` (the same counts as an image) and ``learning_curve.json`` (the per-epoch training history
-    recorded in ``model.json``; ``[]`` for estimators trained without epochs).
+    Files: ``metrics`` (flat, numeric: see ``score``), ``per_class`` (precision, recall, F1 and support per class),
+    ``confusion`` (one actual/predicted row per sample, for DVC's confusion template) and its PNG (the same counts
+    as an image), and ``learning_curve`` (the per-epoch training history recorded in ``model.json``; ``[]`` for
+    estimators trained without epochs).
     """
     estimator, metadata = load_model(model_dir)
     names = list(trained_on(model_dir, metadata, features)["class_names"])
     data = predictions(estimator, features, metadata["layers"], split, len(names))
     description = f"{metadata['classifier']} ({metadata['estimator']}) on {metadata['layer']}"
-    return write_evaluation(out_dir, data, names, metadata, description, split)
+    return write_evaluation(files, data, names, metadata, description, split)
 
 
 def trained_on(model_dir: str | Path, metadata: Mapping[str, Any], features: str | Path) -> dict[str, Any]:
@@ -89,10 +116,10 @@ def trained_on(model_dir: str | Path, metadata: Mapping[str, Any], features: str
 
 
 def write_evaluation(
-    out_dir: str | Path, data: Predictions, names: Sequence[str], record: Mapping[str, Any], description: str,
+    files: EvalFiles, data: Predictions, names: Sequence[str], record: Mapping[str, Any], description: str,
     split: str = "test",
 ) -> dict[str, Any]:
-    """Score ``data`` and write the evaluation files to ``out_dir`` (see ``evaluate_model``); returns the metrics.
+    """Score ``data`` and write the evaluation ``files`` (see ``evaluate_model``); returns the metrics.
 
     ``record`` is the model's ``model.json``: its ``val_accuracy``, ``fit_seconds`` and ``history`` (per-epoch rows)
     are reported; ``description`` names the model in the confusion image's title and the log. Every evaluation,
@@ -107,20 +134,19 @@ def write_evaluation(
         "predict_seconds": data.seconds,
     }
 
-    out_dir = Path(out_dir)
     title = f"{description}\n{split} accuracy {metrics['accuracy']:.3f} (n={metrics['n']})"
-    with atomic_file(out_dir / "confusion.png") as tmp:
+    with atomic_file(files.confusion_png) as tmp:
         heatmap(
             confusion_matrix(y, predicted, labels=range(len(names))), names, names, tmp,
             title=title, xlabel="predicted class", ylabel="actual class", colorbar="images",
         )
-    write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "per_class.json", per_class(y, predicted, names))
+    write_json(files.metrics, metrics)
+    write_json(files.path("per_class"), per_class(y, predicted, names))
     write_json(
-        out_dir / "confusion.json",
+        files.path("confusion"),
         [{"actual": names[a], "predicted": names[p]} for a, p in zip(y.tolist(), predicted.tolist())],
     )
-    write_json(out_dir / "learning_curve.json", record.get("history", []))
+    write_json(files.path("learning_curve"), record.get("history", []))
     log.info("%s on %s split: %s", description, split, metrics)
     return metrics
 

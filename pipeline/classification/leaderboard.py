@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
+from pipeline.classification.evaluate import EvalFiles
 from pipeline.classification.models import FINETUNED
 from pipeline.classification.plots import heatmap
 from pipeline.classification.probe import CURVE_PNG
@@ -41,17 +42,17 @@ def finetuned(name: str) -> str:
 def collect(
     eval_dir: str | Path, classifiers: Sequence[str], layers: Sequence[str], finetune: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """One row per classifier x layer from ``eval_dir/<classifier>/<layer>/metrics.json``, and one per fine-tuned run
-    (``finetune``: name -> layer) from ``eval_dir/finetune/<name>/metrics.json``, labelled ``finetuned(name)``; best
-    test accuracy first.
+    """One row per classifier x layer from ``eval_dir/<classifier>/metrics/<layer>.json``, and one per fine-tuned run
+    (``finetune``: name -> layer) from ``eval_dir/finetune/metrics/<name>.json``, labelled ``finetuned(name)``; best
+    test accuracy first (see ``pipeline.classification.evaluate.EvalFiles``).
 
     Every configured run must have been evaluated: a missing file is a ConfigError naming it (nothing is dropped).
     Ties are broken by val accuracy, then by name.
     """
     finetune = dict(finetune or {})
-    paths = {(c, layer): Path(eval_dir) / c / layer / "metrics.json" for c in classifiers for layer in layers}
+    paths = {(c, layer): EvalFiles(Path(eval_dir) / c, layer).metrics for c in classifiers for layer in layers}
     for name, layer in finetune.items():
-        paths[finetuned(name), layer] = Path(eval_dir) / FINETUNE_FOLDER / name / "metrics.json"
+        paths[finetuned(name), layer] = EvalFiles(Path(eval_dir) / FINETUNE_FOLDER, name).metrics
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
         runs = "classifier x layer pairs" + (" and fine-tuned models" if finetune else "")

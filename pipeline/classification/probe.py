@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
+from pipeline.classification.classifiers import RowSpace
 from pipeline.config import PIXELS, PYRAMID_GRIDS, ProbeConfig
 from pipeline.store import feature_shape, iter_chunks, load_layers, read_attrs, split_nbytes
 from pipeline.validation import ConfigError, format_bytes
@@ -24,10 +25,6 @@ CURVE_JSON, CURVE_PNG, METRICS = "curve.json", "curve.png", "metrics.json"
 SPLITS = ("train", "val", "test")
 LABELS = {"logistic_regression": "logreg"}  # an estimator's short name in probe names ("logreg avg")
 PYRAMID_CELLS = sum(g * g for g in PYRAMID_GRIDS)  # a pyramid row: the 1x1 cell (the global average) first, 21 cells
-# The train Gram matrix's eigenvalues below this fraction of the largest are dropped by row_space (float32 noise).
-RANK_TOLERANCE = 1e-6
-# row_space only below this many train rows: its Gram matrix (float64) and eigendecomposition grow as rows² and rows³.
-GRAM_MAX_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -109,21 +106,17 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> None:
 
 
 def row_space(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``train`` (n rows, d > n columns) and ``others`` in an orthonormal basis of the span of the train rows: r <= n
-    columns each, with the same inner products with every train row as the original columns.
+    """``train`` (n rows, d > n columns) and ``others`` in an orthonormal basis of the span of the train rows
+    (``RowSpace``: r <= n columns each, the same inner products with every train row), in their own dtype; unchanged
+    where that basis does not pay.
 
-    An L2-penalized linear model's weights lie in that span (a part outside it changes no train score and only adds
-    to the penalty), so fitting on these columns gives the decision functions of the fit on all d columns, at a
-    fraction of the cost when d is far above n. The basis is the train Gram matrix's eigenvectors; directions whose
-    eigenvalue is below ``RANK_TOLERANCE`` of the largest carry only rounding noise and are dropped.
+    The optimum of an L2-penalized fit is the same in either basis, but lbfgs may take more iterations to reach it in
+    this one (its columns differ in scale): a fit stopped by ``probe.max_iter`` is logged, and can pick another C.
     """
-    values, vectors = np.linalg.eigh((train @ train.T).astype(np.float64))
-    if values[-1] <= 0:  # every column constant: nothing to reduce
+    space = RowSpace.of(train)
+    if space is None:
         return (train, *others)
-    keep = values > values[-1] * RANK_TOLERANCE
-    values, vectors = values[keep], vectors[:, keep]
-    inverse = (vectors / np.sqrt(values)).astype(np.float32)
-    return ((vectors * np.sqrt(values)).astype(np.float32), *((other @ train.T) @ inverse for other in others))
+    return (space.project_train(), *(space.project(X) for X in others))
 
 
 def fit_path(
@@ -164,11 +157,10 @@ def probe_lines(
     for line, width in layer.lines.items():
         started = time.perf_counter()
         columns = {split: (X[:, :width] if width else X, y) for split, (X, y) in splits.items()}
-        n, d = columns["train"][0].shape
-        reduced = n < d and n <= GRAM_MAX_ROWS
-        if reduced:
-            spaced = row_space(*(X for X, _ in columns.values()))
-            columns = {split: (X, columns[split][1]) for split, X in zip(SPLITS, spaced)}
+        d = columns["train"][0].shape[1]
+        spaced = row_space(*(X for X, _ in columns.values()))
+        reduced = spaced[0].shape[1] < d
+        columns = {split: (X, columns[split][1]) for split, X in zip(SPLITS, spaced)}
         best, capped = fit_path(columns, config)
         seconds = time.perf_counter() - started
         name = f"{label} {line}"

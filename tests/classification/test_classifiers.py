@@ -1,4 +1,5 @@
-"""Tests for pipeline.classification.classifiers: the registry, hyper-parameter checks and the Keras head as a scikit-learn estimator."""
+"""Tests for pipeline.classification.classifiers: the registry, hyper-parameter checks, the Keras head as a scikit-learn
+estimator, and the linear SVM's row-space fit."""
 
 import logging
 import re
@@ -10,13 +11,17 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 from pipeline.classification.classifiers import (
     ESTIMATORS,
     KerasHeadClassifier,
+    RowSpace,
+    RowSpaceLinearSVC,
     SpatialPool,
     _block_batches,
     build_estimator,
+    build_search,
     encode_labels,
     final_estimator,
     keras_verbosity,
@@ -259,3 +264,62 @@ def test_spatial_pool_refuses_partial_maps_and_unknown_modes():
 def test_search_space_names_take_the_pipelines_classifier_step():
     assert search_prefix(build_estimator(ClassifierConfig(name="c", estimator="knn", layer="l"))) == "clf__"
     assert search_prefix(build_estimator(ClassifierConfig(name="c", estimator="knn", layer="l", scale=False))) == ""
+
+
+# --- the row-space fit of the linear SVM ---------------------------------------------------------------------------
+
+
+def wide_rows(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n rows of d features around 3 class centres (float32, as features are stored), and their labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    return (rng.standard_normal((3, d))[y] + 2 * rng.standard_normal((n, d))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_space_is_an_orthonormal_basis_of_the_rows(dtype):
+    X, _ = wide_rows(30, 100)
+    X = X.astype(dtype)
+    space = RowSpace.of(X)
+    basis = X.T.astype(np.float64) @ space.inverse  # V, which the class never forms
+    assert basis.shape == (100, 30)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(30), atol=1e-4 if dtype == np.float32 else 1e-10)
+    assert space.project_train().dtype == space.project(X[:5]).dtype == dtype
+    np.testing.assert_allclose(space.project_train(), X @ basis, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(space.project(X[:5]), X[:5] @ basis, rtol=1e-4, atol=1e-4)
+    coef = np.random.default_rng(1).standard_normal((3, 30))
+    np.testing.assert_allclose(space.lift(coef), coef @ basis.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(space.project_train() @ space.project_train().T, X @ X.T, rtol=1e-3, atol=1e-2)
+    assert RowSpace.of(X[:, :20]) is None  # as many rows as columns or more: nothing to gain
+
+
+def test_row_space_linear_svc_is_the_fit_on_every_column():
+    X, y = wide_rows(120, 600)
+    train, test = slice(0, 80), slice(80, None)
+    settings = {"C": 0.05, "tol": 1e-8, "max_iter": 100_000}
+    plain = LinearSVC(**settings).fit(X[train], y[train])
+    fast = RowSpaceLinearSVC(**settings).fit(X[train], y[train])
+    assert fast.coef_.shape == plain.coef_.shape == (3, 600) and fast.n_features_in_ == 600
+    np.testing.assert_allclose(fast.decision_function(X[test]), plain.decision_function(X[test]), atol=1e-4)
+    np.testing.assert_array_equal(fast.predict(X[test]), plain.predict(X[test]))
+
+
+@pytest.mark.parametrize("case", ["more rows than columns", "l1 penalty"])
+def test_row_space_linear_svc_is_the_plain_fit_where_the_basis_does_not_apply(case):
+    X, y = wide_rows(200, 50) if case == "more rows than columns" else wide_rows(40, 100)
+    settings = {"C": 0.1, "random_state": 0} | ({"penalty": "l1", "dual": False} if case == "l1 penalty" else {})
+    np.testing.assert_array_equal(RowSpaceLinearSVC(**settings).fit(X, y).coef_, LinearSVC(**settings).fit(X, y).coef_)
+
+
+def test_the_linear_svm_entry_fits_in_the_row_space_also_in_a_search():
+    config = ClassifierConfig(
+        name="svm", estimator="linear_svm", layer="x", params={"max_iter": 5000},
+        search={"method": "grid", "space": {"C": [0.01, 0.1]}, "cv": 2},
+    )
+    estimator = build_estimator(config, (400,))
+    assert isinstance(final_estimator(estimator), RowSpaceLinearSVC)
+    X, y = wide_rows(60, 400)
+    searcher = build_search(estimator, config).fit(X, y)
+    best = final_estimator(searcher.best_estimator_)
+    assert isinstance(best, RowSpaceLinearSVC) and best.coef_.shape == (3, 400) and best.n_features_in_ == 400
+    assert searcher.best_estimator_.score(X, y) > 0.9

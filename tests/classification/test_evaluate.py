@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, precision_recall_fscore_support, top_k_accuracy_score
 
-from pipeline.classification.evaluate import class_probabilities, evaluate_model, score
+from pipeline.classification.evaluate import EvalFiles, class_probabilities, evaluate_model, score
 from pipeline.classification.models import load_model, read_metadata
 from pipeline.classification.train import train_classifier
 from pipeline.config import ClassifierConfig
@@ -31,23 +31,24 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def evaluated(features_file, tmp_path_factory):
-    """Each kind of estimator trained and evaluated once: name -> (model dir, eval dir, returned metrics)."""
+    """Each kind of estimator trained and evaluated once: name -> (model dir, eval files, returned metrics)."""
     root = tmp_path_factory.mktemp("evaluate")
     result = {}
     for name, config in CONFIGS.items():
         train_classifier(features_file, config, root / "models" / name)
-        metrics = evaluate_model(root / "models" / name, features_file, root / "eval" / name)
-        result[name] = (root / "models" / name, root / "eval" / name, metrics)
+        files = EvalFiles(root / "eval", name)
+        metrics = evaluate_model(root / "models" / name, features_file, files)
+        result[name] = (root / "models" / name, files, metrics)
     return result
 
 
 def test_metrics_and_confusion_rows(evaluated, features_file):
     _, out, metrics = evaluated["svm"]
     n_test = len(load_split(features_file, "conv_pw_5_relu", "test").y)
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert json.loads(out.path("metrics").read_text()) == metrics
     assert metrics["n"] == n_test
     assert all(0 <= metrics[k] <= 1 for k in ("accuracy", "balanced_accuracy", "macro_f1"))
-    rows = json.loads((out / "confusion.json").read_text())
+    rows = json.loads(out.path("confusion").read_text())
     assert len(rows) == n_test
     assert {row["actual"] for row in rows} == {str(i) for i in range(10)}
     hits = sum(row["actual"] == row["predicted"] for row in rows)
@@ -75,7 +76,7 @@ def test_log_loss_and_top3_match_sklearn_on_the_model_probabilities(name, evalua
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_metrics_file_is_flat_and_numeric_with_timings(name, evaluated):
     model_dir, out, _ = evaluated[name]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads(out.path("metrics").read_text())
     assert all(type(value) in (int, float) for value in metrics.values()), metrics
     assert metrics["predict_seconds"] > 0
     assert metrics["fit_seconds"] == read_metadata(model_dir)["fit_seconds"] > 0
@@ -89,7 +90,7 @@ def test_per_class_rows_match_sklearn(name, evaluated, features_file):
     precision, recall, f1, support = precision_recall_fscore_support(
         test.y, estimator.predict(test.X), labels=range(10), zero_division=0
     )
-    rows = json.loads((out / "per_class.json").read_text())
+    rows = json.loads(out.path("per_class").read_text())
     assert [row["class"] for row in rows] == [str(i) for i in range(10)]
     assert all(set(row) == {"class", "precision", "recall", "f1", "support"} for row in rows)
     assert [row["precision"] for row in rows] == pytest.approx(precision.tolist())
@@ -100,7 +101,7 @@ def test_per_class_rows_match_sklearn(name, evaluated, features_file):
 
 
 def test_confusion_png_is_a_drawn_image(evaluated):
-    path = evaluated["svm"][1] / "confusion.png"
+    path = evaluated["svm"][1].confusion_png
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 10_000 < path.stat().st_size < 2_000_000
     with Image.open(path) as image:
@@ -114,12 +115,12 @@ def test_confusion_png_is_a_drawn_image(evaluated):
 
 def test_learning_curve_is_the_recorded_history(evaluated):
     model_dir, out, _ = evaluated["head"]
-    curve = json.loads((out / "learning_curve.json").read_text())
+    curve = json.loads(out.path("learning_curve").read_text())
     assert curve == read_metadata(model_dir)["history"]
     assert [row["epoch"] for row in curve] == [1, 2, 3]
     assert all({"loss", "val_loss"} <= set(row) for row in curve)
     for name in ("svm", "lr"):
-        assert json.loads((evaluated[name][1] / "learning_curve.json").read_text()) == []
+        assert json.loads(evaluated[name][1].path("learning_curve").read_text()) == []
 
 
 def test_score_leaves_top3_out_for_three_classes_or_fewer():
@@ -147,5 +148,16 @@ def test_refuses_features_from_a_different_extraction(evaluated, features_file, 
     with h5py.File(other, "a") as f:
         f.attrs["config_hash"] = "0" * 64
     with pytest.raises(ConfigError, match=r"was trained on features with config_hash .* retrain it"):
-        evaluate_model(evaluated["svm"][0], other, tmp_path / "eval")
+        evaluate_model(evaluated["svm"][0], other, EvalFiles(tmp_path / "eval", "svm"))
     assert not (tmp_path / "eval").exists()
+
+
+def test_files_go_by_kind_one_per_run(evaluated):
+    root = evaluated["svm"][1].root
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == sorted(
+        [f"{kind}/{name}.json" for kind in ("metrics", "confusion", "per_class", "learning_curve") for name in CONFIGS]
+        + [f"confusion/{name}.png" for name in CONFIGS]
+    )
+    assert set(EvalFiles(root, "svm").named()) == {
+        "metrics.json", "confusion.json", "per_class.json", "learning_curve.json", "confusion.png"
+    }

@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from pipeline.atomic import write_json
+from pipeline.classification.evaluate import EvalFiles
 from pipeline.classification.leaderboard import (
     COLUMNS,
     augmented_twins,
@@ -40,8 +42,7 @@ def eval_dir(tmp_path):
         }
         if classifier == "logreg":  # the SVM has no probabilities: no log loss, no top-3
             metrics.update(log_loss=0.3, top3_accuracy=0.99)
-        (root / classifier / layer).mkdir(parents=True)
-        (root / classifier / layer / "metrics.json").write_text(json.dumps(metrics))
+        write_json(EvalFiles(root / classifier, layer).metrics, metrics)
     return root
 
 
@@ -60,8 +61,7 @@ def test_collect_ranks_every_pair_by_test_then_val_accuracy(eval_dir):
 
 
 def test_only_the_configured_pairs_are_read(eval_dir):
-    (eval_dir / "removed" / "pixels").mkdir(parents=True)
-    (eval_dir / "removed" / "pixels" / "metrics.json").write_text(json.dumps({"accuracy": 1.0}))
+    write_json(eval_dir / "removed" / "metrics" / "pixels.json", {"accuracy": 1.0})
     rows = collect(eval_dir, ["svm"], ["pixels", "conv_pw_7_relu"])
     assert {(r["classifier"], r["layer"]) for r in rows} == {("svm", "pixels"), ("svm", "conv_pw_7_relu")}
 
@@ -69,8 +69,8 @@ def test_only_the_configured_pairs_are_read(eval_dir):
 def test_a_missing_pair_is_an_error_naming_its_file(eval_dir):
     with pytest.raises(ConfigError, match=re.escape("no metrics for 2 of 8 classifier x layer pairs; missing: [")) as error:
         collect(eval_dir, CLASSIFIERS, [*LAYERS, "conv_pw_3_relu"])
-    assert str(eval_dir / "svm" / "conv_pw_3_relu" / "metrics.json") in str(error.value)
-    assert str(eval_dir / "logreg" / "conv_pw_3_relu" / "metrics.json") in str(error.value)
+    assert str(eval_dir / "svm" / "metrics" / "conv_pw_3_relu.json") in str(error.value)
+    assert str(eval_dir / "logreg" / "metrics" / "conv_pw_3_relu.json") in str(error.value)
 
 
 def test_transfer_gain_is_the_best_layer_against_pixels(eval_dir):
@@ -105,18 +105,16 @@ def test_write_leaderboard_writes_csv_markdown_plot_data_and_png(eval_dir, tmp_p
 
 
 def write_finetuned(eval_dir, name, accuracy, val_accuracy):
-    folder = eval_dir / "finetune" / name
-    folder.mkdir(parents=True)
     metrics = {
         "accuracy": accuracy, "balanced_accuracy": accuracy, "macro_f1": accuracy, "n": 270, "log_loss": 0.1,
         "top3_accuracy": 1.0, "val_accuracy": val_accuracy, "fit_seconds": 40.0, "predict_seconds": 0.5,
     }
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    write_json(EvalFiles(eval_dir / "finetune", name).metrics, metrics)
 
 
 def test_fine_tuned_runs_join_the_table_marked_with_their_layer(eval_dir, tmp_path):
     write_finetuned(eval_dir, "top", 0.99, 0.97)
-    (eval_dir / "finetune" / "removed").mkdir()  # a stale folder of an entry no longer configured is not read
+    write_json(eval_dir / "finetune" / "metrics" / "removed.json", {})  # an entry no longer configured: not read
     rows = collect(eval_dir, CLASSIFIERS, LAYERS, {"top": "conv_pw_13_relu"})
     assert len(rows) == len(RESULTS) + 1
     assert rows[0] == {
@@ -141,7 +139,7 @@ def test_a_missing_fine_tuned_evaluation_is_an_error_naming_its_file(eval_dir):
         "no metrics for 1 of 8 classifier x layer pairs and fine-tuned models; missing: ["
     )) as error:
         collect(eval_dir, CLASSIFIERS, LAYERS, finetune)
-    assert str(eval_dir / "finetune" / "other" / "metrics.json") in str(error.value)
+    assert str(eval_dir / "finetune" / "metrics" / "other.json") in str(error.value)
 
 
 def test_augmented_twins_pair_entries_that_differ_only_in_augmented():
@@ -155,8 +153,7 @@ def test_augmented_twins_pair_entries_that_differ_only_in_augmented():
 
 def test_the_markdown_says_whether_views_and_fine_tuning_helped(eval_dir, tmp_path):
     for layer, accuracy in (("pixels", 0.90), ("conv_pw_7_relu", 0.95)):
-        (eval_dir / "svm_aug" / layer).mkdir(parents=True)
-        (eval_dir / "svm_aug" / layer / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "n": 270}))
+        write_json(EvalFiles(eval_dir / "svm_aug", layer).metrics, {"accuracy": accuracy, "n": 270})
     write_finetuned(eval_dir, "top", 0.99, 0.97)
     out = tmp_path / "board"
     write_leaderboard(

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from pipeline.atomic import write_json
+from pipeline.classification.evaluate import EvalFiles
 from pipeline.classification.leaderboard import write_leaderboard
 from pipeline.classification.probe import row_space, run_probe, standardize
 from pipeline.config import ProbeConfig
@@ -186,8 +188,7 @@ def test_the_stage_probes_with_the_repository_params(features, tmp_path):
 
 def test_the_leaderboard_names_the_best_block(probed, tmp_path):
     _, out = probed
-    (tmp_path / "eval" / "logreg" / "good").mkdir(parents=True)
-    (tmp_path / "eval" / "logreg" / "good" / "metrics.json").write_text(json.dumps({"accuracy": 0.9, "n": 80}))
+    write_json(EvalFiles(tmp_path / "eval" / "logreg", "good").metrics, {"accuracy": 0.9, "n": 80})
     write_leaderboard(tmp_path / "eval", ["logreg"], ["good"], tmp_path / "board", probe=out / "metrics.json")
     text = (tmp_path / "board" / "leaderboard.md").read_text()
     assert re.search(

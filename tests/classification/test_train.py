@@ -92,7 +92,7 @@ def test_keras_head_behind_pooling_and_pca_round_trips(features_file, tmp_path):
 
 
 def test_concatenated_layers_train_evaluate_and_predict(features_file, tmp_path, manifest):
-    from pipeline.classification.evaluate import evaluate_model
+    from pipeline.classification.evaluate import EvalFiles, evaluate_model
     from pipeline.predict import predict_images
 
     config = ClassifierConfig(
@@ -101,7 +101,7 @@ def test_concatenated_layers_train_evaluate_and_predict(features_file, tmp_path,
     saved = train_classifier(features_file, config, tmp_path / "both")
     estimator, _ = load_model(tmp_path / "both")
     assert saved["layer"] == "conv_pw_5_relu+conv_pw_13_relu" and estimator.n_features_in_ == 256 + 2 * 2 * 1024
-    metrics = evaluate_model(tmp_path / "both", features_file, tmp_path / "eval")
+    metrics = evaluate_model(tmp_path / "both", features_file, EvalFiles(tmp_path / "eval", "both"))
     assert 0 <= metrics["accuracy"] <= 1
     test_rows = [i for i, split in enumerate(manifest.splits) if split == "test"][:3]
     predictions = predict_images(tmp_path / "both", [manifest.absolute(i) for i in test_rows], top_k=1)
