@@ -589,7 +589,7 @@ class TrainConfig:
     layer's train features exceed ``memory_budget`` (see ``ClassifierConfig.out_of_core``). Searches run on
     ``extract.cluster`` (the one configured cluster). ``reuse`` keeps that many most recent runs of each classifier
     x layer pair, so that a classifier's stage trains only the pairs whose inputs changed (see
-    ``pipeline.classification.reuse``; 0: off); like ``extract.reuse`` it is not a DVC dependency.
+    ``pipeline.classification.runstore``; 0: off); like ``extract.reuse`` it is not a DVC dependency.
     """
 
     layers: tuple[str, ...]

@@ -312,9 +312,9 @@ class RowSpace:
     @classmethod
     def of(cls, X: np.ndarray) -> RowSpace | None:
         """The row space of ``X``; None where it does not pay (``n >= d``, ``n`` above ``GRAM_MAX_ROWS``, or every
-        column constant)."""
+        column constant) or there is none (no rows: the estimator's own checks then refuse them)."""
         n, d = X.shape
-        if n >= d or n > GRAM_MAX_ROWS:
+        if n == 0 or n >= d or n > GRAM_MAX_ROWS:
             return None
         X = X if X.dtype in (np.float32, np.float64) else X.astype(np.float64)
         values, vectors = np.linalg.eigh((X @ X.T).astype(np.float64))

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.classification.classifiers import configured_estimator
 from pipeline.classification.evaluate import EvalFiles, evaluate_model
-from pipeline.classification.reuse import RunStore, run_key
+from pipeline.classification.runstore import RunStore, run_key
 from pipeline.classification.train import train_classifier
 from pipeline.config import ClassifierConfig, TrainConfig
 from pipeline.store import read_attrs
@@ -35,7 +35,7 @@ def run_classifier(
 
     Every entry is checked before anything trains. With ``reuse_dir`` (``data/.train.reuse``), an entry whose inputs
     are those of one of its last ``train.reuse`` runs is copied back from ``reuse_dir/<name>`` instead of trained
-    (``pipeline.classification.reuse``), so a stage re-run for a new layer trains that layer only.
+    (``pipeline.classification.runstore``), so a stage re-run for a new layer trains that layer only.
     """
     configs = [ClassifierConfig.from_params(classifiers, name, layer) for layer in train.layers]
     stored = sorted(read_attrs(features)["layers"])

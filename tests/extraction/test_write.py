@@ -41,4 +41,7 @@ def test_batches_are_written_on_the_writer_thread_in_manifest_order(tmp_path, ma
     with h5py.File(out, "r") as f, h5py.File(reference, "r") as g:
         assert f.attrs["device_batch_size"] == 8 and g.attrs["device_batch_size"] == 32
         for name in g["features"]:
-            np.testing.assert_allclose(f["features"][name][()], g["features"][name][()], rtol=1e-4, atol=1e-5)
+            # Another batch size runs other float32 kernels: ~1e-6 apart, which can flip the last bit of a float16
+            # layer (a float16 step is 2^-10 of the value).
+            rtol = 2e-3 if g["features"][name].dtype == np.float16 else 1e-4
+            np.testing.assert_allclose(f["features"][name][()], g["features"][name][()], rtol=rtol, atol=1e-5)

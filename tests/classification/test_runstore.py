@@ -1,4 +1,4 @@
-"""Tests for pipeline.classification.reuse: run keys of classifier x layer runs, the RunStore of kept runs (save,
+"""Tests for pipeline.classification.runstore: run keys of classifier x layer runs, the RunStore of kept runs (save,
 restore, prune), and pipeline.store.content_digest, the per-layer data digest the keys are made of."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.classification.evaluate import EvalFiles
-from pipeline.classification.reuse import PACKAGES, RunStore, library_versions, run_key, source_digest
+from pipeline.classification.runstore import PACKAGES, RunStore, library_versions, run_key, source_digest
 from pipeline.config import ClassifierConfig, TrainConfig
 from pipeline.store import content_digest
 from pipeline.validation import ConfigError
