@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -23,13 +22,12 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_directory, atomic_file
 from pipeline.classification.evaluate import EvalFiles
-from pipeline.classification.models import FEATURE_KEYS
+from pipeline.classification.models import FEATURE_KEYS, library_versions
 from pipeline.config import ClassifierConfig, TrainConfig
 from pipeline.store import content_digest, read_attrs
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("scikit-learn", "scipy", "numpy", "joblib", "h5py", "keras", "tensorflow")  # what a trained model depends on
 MODEL, EVALUATION = "model", "eval"  # a kept run's two folders
 
 
@@ -42,16 +40,6 @@ def source_digest() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
-
-
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "none"
-    return versions
 
 
 def run_key(features: str | Path, config: ClassifierConfig, train: TrainConfig) -> str:
@@ -67,7 +55,7 @@ def run_key(features: str | Path, config: ClassifierConfig, train: TrainConfig) 
         "features_file": str(features),
         "data": content_digest(features, config.layers, views=config.augmented),
         "source": source_digest(),
-        "versions": library_versions(),
+        "versions": library_versions(keras_model=config.estimator == "keras_head"),  # as model.json records
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
