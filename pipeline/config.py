@@ -671,6 +671,9 @@ def config_hash(identity: Mapping[str, Any]) -> str:
 FINETUNE_HEAD = "keras_head"
 # The folder under data/models and data/eval holding the fine-tuned runs, so no classifier may take this name.
 FINETUNE_FOLDER = "finetune"
+# The fine-tuned marker: model.json's "kind" of a fine-tuned model (pipeline.finetune: images in, not features), and
+# how the leaderboard labels one.
+FINETUNED = "fine-tuned"
 
 
 @dataclass(frozen=True)

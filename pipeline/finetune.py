@@ -16,22 +16,21 @@ import numpy as np
 
 from pipeline.atomic import atomic_directory
 from pipeline.classification.classifiers import encode_labels, epoch_logger, keras_verbosity
+from pipeline.classification.evalfiles import EvalFiles
 from pipeline.classification.evaluate import (
-    EvalFiles,
     Predictions,
     spread_probabilities,
     trained_on,
     write_evaluation,
 )
 from pipeline.classification.models import (
-    FINETUNED,
     KERAS_FILE,
     history_rows,
     model_metadata,
     read_metadata,
     write_metadata,
 )
-from pipeline.config import FINETUNE_HEAD, AugmentConfig, ExtractConfig, FinetuneConfig, LayerSpec
+from pipeline.config import FINETUNE_HEAD, FINETUNED, AugmentConfig, ExtractConfig, FinetuneConfig, LayerSpec
 from pipeline.extraction.augment import augment, view_rng
 from pipeline.extraction.backbone import Backbone, load_backbone
 from pipeline.extraction.hashing import hash_files

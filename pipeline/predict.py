@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file
-from pipeline.classification.models import FINETUNED, load_model, read_metadata
-from pipeline.config import PIXELS, ExtractConfig, LayerSpec, config_hash
+from pipeline.classification.models import load_model, read_metadata
+from pipeline.config import FINETUNED, PIXELS, ExtractConfig, LayerSpec, config_hash
 from pipeline.extraction import accelerate
 from pipeline.extraction.backbone import Backbone, load_backbone
 from pipeline.extraction.dataset import IMAGE_EXTENSIONS, image_files

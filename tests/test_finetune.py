@@ -11,10 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.classification.evaluate import EvalFiles, evaluate_model
-from pipeline.classification.models import FINETUNED, METADATA
+from pipeline.classification.evalfiles import EvalFiles
+from pipeline.classification.evaluate import evaluate_model
+from pipeline.classification.models import METADATA
 from pipeline.classification.train import train_classifier
-from pipeline.config import AugmentConfig, ClassifierConfig, FinetuneConfig
+from pipeline.config import FINETUNED, AugmentConfig, ClassifierConfig, FinetuneConfig
 from pipeline.extraction.backbone import load_backbone
 from pipeline.finetune import (
     BACKBONE,

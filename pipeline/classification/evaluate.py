@@ -21,6 +21,7 @@ from sklearn.metrics import (
 )
 
 from pipeline.atomic import atomic_file, write_json
+from pipeline.classification.evalfiles import EvalFiles
 from pipeline.classification.models import load_model
 from pipeline.classification.plots import heatmap
 from pipeline.store import iter_chunks, read_attrs
@@ -30,35 +31,6 @@ log = logging.getLogger(__name__)
 
 TOP_K = 3
 BLOCK_BYTES = 64 << 20  # features read from the file at a time to predict on (a block of rows)
-# An evaluation's files by kind: a folder each under the group's folder (a classifier, or finetune), one file per run
-# (a layer, or a fine-tuning entry), so that DVC declares each kind once per stage, as a directory, with its template.
-KINDS = ("metrics", "confusion", "per_class", "learning_curve")
-
-
-@dataclass(frozen=True)
-class EvalFiles:
-    """Where one run's evaluation goes: ``<root>/<kind>/<run>.json`` for each of ``KINDS``, and the confusion image
-    ``<root>/confusion/<run>.png`` (``root``: ``data/eval/<classifier>`` or ``data/eval/finetune``)."""
-
-    root: Path
-    run: str
-
-    def path(self, kind: str, suffix: str = ".json") -> Path:
-        return Path(self.root) / kind / f"{self.run}{suffix}"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path("metrics")
-
-    @property
-    def confusion_png(self) -> Path:
-        return self.path("confusion", ".png")
-
-    def named(self) -> dict[str, Path]:
-        """Every file of the run, by a name of its own: ``metrics.json``, ..., ``confusion.png``."""
-        return {**{f"{kind}.json": self.path(kind) for kind in KINDS}, "confusion.png": self.confusion_png}
-
-
 @dataclass(frozen=True)
 class Predictions:
     """A model's outputs on one split: true and predicted labels, class probabilities (None without

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
-from pipeline.classification.evaluate import EvalFiles
-from pipeline.classification.models import FINETUNED
+from pipeline.classification.evalfiles import EvalFiles
 from pipeline.classification.plots import heatmap
 from pipeline.classification.probe import CURVE_PNG
-from pipeline.config import FINETUNE_FOLDER, PIXELS
+from pipeline.config import FINETUNE_FOLDER, FINETUNED, PIXELS
 from pipeline.validation import ConfigError
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,10 @@ from sklearn.pipeline import Pipeline
 
 from pipeline.atomic import atomic_directory
 from pipeline.classification.classifiers import KerasHeadClassifier, final_estimator
+from pipeline.config import FINETUNED
 from pipeline.validation import ConfigError
 
 METADATA = "model.json"
-# The fine-tuned marker: model.json's "kind" of a fine-tuned model (pipeline.finetune: images in, not features), and
-# how the leaderboard labels one.
-FINETUNED = "fine-tuned"
 KERAS_FILE = "model.keras"
 PREPROCESS = "preprocess.joblib"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_json
-from pipeline.classification.classifiers import RowSpace
+from pipeline.classification.rowspace import RowSpace
 from pipeline.config import PIXELS, PYRAMID_GRIDS, ProbeConfig
 from pipeline.store import feature_shape, iter_chunks, load_layers, read_attrs, split_nbytes
 from pipeline.validation import ConfigError, format_bytes

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.classification.classifiers import configured_estimator
-from pipeline.classification.evaluate import EvalFiles, evaluate_model
+from pipeline.classification.evalfiles import EvalFiles
+from pipeline.classification.evaluate import evaluate_model
 from pipeline.classification.runstore import RunStore, run_key
 from pipeline.classification.train import train_classifier
 from pipeline.config import ClassifierConfig, TrainConfig

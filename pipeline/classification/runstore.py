@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.atomic import atomic_directory, atomic_file
-from pipeline.classification.evaluate import EvalFiles
+from pipeline.classification.evalfiles import EvalFiles
 from pipeline.classification.models import FEATURE_KEYS, library_versions
 from pipeline.config import ClassifierConfig, TrainConfig
 from pipeline.store import content_digest, read_attrs

@@ -16,7 +16,6 @@ from sklearn.svm import LinearSVC
 from pipeline.classification.classifiers import (
     ESTIMATORS,
     KerasHeadClassifier,
-    RowSpace,
     RowSpaceLinearSVC,
     SpatialPool,
     _block_batches,
@@ -274,23 +273,6 @@ def wide_rows(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
     return (rng.standard_normal((3, d))[y] + 2 * rng.standard_normal((n, d))).astype(np.float32), y
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_row_space_is_an_orthonormal_basis_of_the_rows(dtype):
-    X, _ = wide_rows(30, 100)
-    X = X.astype(dtype)
-    space = RowSpace.of(X)
-    basis = X.T.astype(np.float64) @ space.inverse  # V, which the class never forms
-    assert basis.shape == (100, 30)
-    np.testing.assert_allclose(basis.T @ basis, np.eye(30), atol=1e-4 if dtype == np.float32 else 1e-10)
-    assert space.project_train().dtype == space.project(X[:5]).dtype == dtype
-    np.testing.assert_allclose(space.project_train(), X @ basis, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(space.project(X[:5]), X[:5] @ basis, rtol=1e-4, atol=1e-4)
-    coef = np.random.default_rng(1).standard_normal((3, 30))
-    np.testing.assert_allclose(space.lift(coef), coef @ basis.T, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(space.project_train() @ space.project_train().T, X @ X.T, rtol=1e-3, atol=1e-2)
-    assert RowSpace.of(X[:, :20]) is None  # as many rows as columns or more: nothing to gain
 
 
 def test_row_space_linear_svc_is_the_fit_on_every_column():

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from pipeline.atomic import write_json
-from pipeline.classification.evaluate import EvalFiles
+from pipeline.classification.evalfiles import EvalFiles
 from pipeline.classification.leaderboard import (
     COLUMNS,
     augmented_twins,

@@ -14,7 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.atomic import write_json
-from pipeline.classification.evaluate import EvalFiles
+from pipeline.classification.evalfiles import EvalFiles
 from pipeline.classification.leaderboard import write_leaderboard
 from pipeline.classification.probe import row_space, run_probe, standardize
 from pipeline.config import ProbeConfig

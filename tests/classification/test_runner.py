@@ -11,7 +11,8 @@ import shutil
 import h5py
 import pytest
 
-from pipeline.classification.evaluate import EvalFiles, evaluate_model
+from pipeline.classification.evalfiles import EvalFiles
+from pipeline.classification.evaluate import evaluate_model
 from pipeline.classification.models import read_metadata
 from pipeline.classification.runner import run_classifier
 from pipeline.config import TrainConfig

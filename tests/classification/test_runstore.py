@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.classification.evaluate import EvalFiles
+from pipeline.classification.evalfiles import EvalFiles
 from pipeline.classification.runstore import RunStore, run_key, source_digest
 from pipeline.config import ClassifierConfig, TrainConfig
 from pipeline.store import content_digest

@@ -92,7 +92,8 @@ def test_keras_head_behind_pooling_and_pca_round_trips(features_file, tmp_path):
 
 
 def test_concatenated_layers_train_evaluate_and_predict(features_file, tmp_path, manifest):
-    from pipeline.classification.evaluate import EvalFiles, evaluate_model
+    from pipeline.classification.evalfiles import EvalFiles
+    from pipeline.classification.evaluate import evaluate_model
     from pipeline.predict import predict_images
 
     config = ClassifierConfig(
