@@ -556,9 +556,14 @@ class ClassifierConfig:
         return (self.layer,) if isinstance(self.layer, str) else self.layer
 
     @property
+    def entry(self) -> str:
+        """The ``train.layers`` entry: the layer names joined by ``+``, as its model and evaluation files are named."""
+        return "+".join(self.layers)
+
+    @property
     def run(self) -> str:
         """``classifier/layer``: this matrix cell's name, as in its model and evaluation folders."""
-        return f"{self.name}/{'+'.join(self.layers)}"
+        return f"{self.name}/{self.entry}"
 
     @classmethod
     def from_params(cls, classifiers: Any, name: str, layer: str | Sequence[str]) -> ClassifierConfig:

@@ -17,12 +17,7 @@ import numpy as np
 from pipeline.atomic import atomic_directory
 from pipeline.classification.classifiers import encode_labels, epoch_logger, keras_verbosity
 from pipeline.classification.evalfiles import EvalFiles
-from pipeline.classification.evaluate import (
-    Predictions,
-    spread_probabilities,
-    trained_on,
-    write_evaluation,
-)
+from pipeline.classification.evaluate import Predictions, spread_probabilities, trained_on, write_evaluation
 from pipeline.classification.models import (
     KERAS_FILE,
     history_rows,

@@ -354,7 +354,7 @@ def test_classifier_config_reads_one_entry_with_defaults():
 
 def test_classifier_layer_joined_by_plus_is_a_concatenation():
     config = ClassifierConfig.from_params(CLASSIFIERS, "svm", "a+b")
-    assert config.layers == ("a", "b") and config.layer == ("a", "b") and config.run == "svm/a+b"
+    assert config.layers == ("a", "b") and config.layer == ("a", "b") and config.entry == "a+b" and config.run == "svm/a+b"
     with pytest.raises(ConfigError, match=re.escape("classifiers.svm.layer must be a layer name, or names joined by '+'")):
         ClassifierConfig.from_params(CLASSIFIERS, "svm", "a++b")
 

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 TOP_K = 3
 BLOCK_BYTES = 64 << 20  # features read from the file at a time to predict on (a block of rows)
+
+
 @dataclass(frozen=True)
 class Predictions:
     """A model's outputs on one split: true and predicted labels, class probabilities (None without

@@ -47,13 +47,13 @@ def run_classifier(
             check_one_of("train.layers", config.layer, stored)
         elif missing:
             raise invalid(
-                "train.layers", "+".join(config.layers), f"layers of {features} joined by '+' ({missing[0]!r} is not "
+                "train.layers", config.entry, f"layers of {features} joined by '+' ({missing[0]!r} is not "
                 f"one of {stored})",
             )
     store = RunStore(Path(reuse_dir) / name, train.reuse) if reuse_dir is not None else None
     results, reused = {}, []
     for config in configs:
-        run = "+".join(config.layers)
+        run = config.entry
         model_dir, files = Path(models_dir) / run, EvalFiles(Path(eval_dir), run)
         key = run_key(features, config, train) if store is not None else None
         if store is not None and store.restore(run, key, model_dir, files):

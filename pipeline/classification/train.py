@@ -156,7 +156,7 @@ def train_classifier(
     fit_seconds = time.perf_counter() - started
     val = predictions(estimator, features, config.layers, "val", len(attrs["class_names"]), chunk_size)
     val_accuracy = float(np.mean(val.predicted == val.y))
-    log.info("%s on %s: fit in %.1f s, val accuracy %.4f", config.name, "+".join(config.layers), fit_seconds, val_accuracy)
+    log.info("%s on %s: fit in %.1f s, val accuracy %.4f", config.name, config.entry, fit_seconds, val_accuracy)
     metadata = model_metadata(
         config.name, config.estimator, config.params, config.layers, features, attrs, fit_seconds, val_accuracy,
         training_history(estimator), scale=config.scale, pool=config.pool, pca=config.pca, out_of_core=reason,
